@@ -1,0 +1,50 @@
+"""The ``tessera`` command line: the composition root of the product.
+
+Every command reports failures as one line on stderr and a non-zero exit;
+tracebacks are for bugs, not for operator mistakes.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+import typer
+
+from connector.cli.dataspace import dataspace_app
+from connector.cli.participant import consent_app, db_app, register_participant_commands
+from identity.errors import IdentityError
+from runtime.errors import StartupError
+
+app = typer.Typer(
+    name="tessera",
+    help="Tessera: a federated data-space connector with citizen consent management.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+register_participant_commands(app)
+app.add_typer(db_app, name="db")
+app.add_typer(dataspace_app, name="dataspace")
+app.add_typer(consent_app, name="consent")
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        result = app(args=argv, standalone_mode=False)
+    except (StartupError, IdentityError) as exc:
+        print(f"tessera: error: {exc}", file=sys.stderr)
+        return 1
+    except click.exceptions.Abort:
+        print("tessera: aborted", file=sys.stderr)
+        return 130
+    except click.exceptions.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    return result if isinstance(result, int) else 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

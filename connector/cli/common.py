@@ -1,0 +1,28 @@
+"""Helpers shared by CLI commands."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from sqlalchemy import Engine
+
+from runtime.database import make_engine
+from runtime.service import prepare_database
+from runtime.settings import ParticipantSettings, load_settings
+
+DirOption = Annotated[
+    Path, typer.Option("--dir", help="The participant directory (holds tessera.toml).", show_default=".")
+]
+
+
+def participant_settings(data_dir: Path) -> ParticipantSettings:
+    """Settings of whichever kind of participant lives in ``data_dir``."""
+    return load_settings(ParticipantSettings, data_dir)
+
+
+def open_database(settings: ParticipantSettings) -> Engine:
+    """The participant's database, migrated to the newest schema first."""
+    prepare_database(settings, settings.kind)
+    return make_engine(settings.resolved_database_url)

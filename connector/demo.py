@@ -1,0 +1,199 @@
+"""``tessera demo``: a small data space on 127.0.0.1.
+
+Creates (where missing) the connectors city, transit and utility and the
+consent service, makes every participant a member of every other's trust
+list, runs each as its own process and waits until all answer ``/health``.
+Ctrl-C stops them all; a second run reuses their directories and databases.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+import httpx
+from rich.console import Console
+from sqlmodel import Session
+
+from identity.trustlist import add_member
+from runtime.database import make_engine
+from runtime.errors import StartupError
+from runtime.participant import PUBLIC_KEY_FILE, init_participant
+from runtime.service import bind_socket, prepare_database
+from runtime.settings import CONFIG_FILE, ParticipantSettings, load_settings
+
+console = Console()
+STARTUP_TIMEOUT_SECONDS = 60.0
+STOP_TIMEOUT_SECONDS = 15.0
+
+
+@dataclass(frozen=True)
+class DemoParticipant:
+    name: str
+    kind: str
+    offset: int
+
+
+PARTICIPANTS = (
+    DemoParticipant("city", "connector", 0),
+    DemoParticipant("transit", "connector", 1),
+    DemoParticipant("utility", "connector", 2),
+    DemoParticipant("consent", "consent", 3),
+)
+
+
+def _ensure_participants(root: Path, base_port: int) -> list[ParticipantSettings]:
+    settings = []
+    for participant in PARTICIPANTS:
+        data_dir = root / participant.name
+        port = base_port + participant.offset
+        if not (data_dir / CONFIG_FILE).exists():
+            init_participant(data_dir, participant.name, port, kind=participant.kind)
+            console.print(f"created {participant.kind} {participant.name} in {data_dir}")
+        loaded = load_settings(ParticipantSettings, data_dir)
+        if loaded.port != port:
+            raise StartupError(
+                f"{data_dir} was created for port {loaded.port}, not {port}: use --base-port "
+                f"{base_port - port + loaded.port} or remove {root}"
+            )
+        settings.append(loaded)
+    return settings
+
+
+def _base_url(settings: ParticipantSettings) -> str:
+    return settings.api_url if settings.kind == "consent" else settings.dsp_url  # type: ignore[attr-defined]
+
+
+def _fill_trust_lists(all_settings: list[ParticipantSettings]) -> None:
+    from consent.settings import ConsentSettings
+
+    typed = [load_settings(ConsentSettings, s.data_dir) if s.kind == "consent" else s for s in all_settings]
+    for settings in typed:
+        prepare_database(settings, settings.kind)
+        engine = make_engine(settings.resolved_database_url)
+        with Session(engine) as session:
+            for other in typed:
+                if other.did == settings.did:
+                    continue
+                jwk = json.loads((other.data_dir / PUBLIC_KEY_FILE).read_text())
+                base = other.api_url if isinstance(other, ConsentSettings) else other.dsp_url
+                add_member(session, other.did, base, jwk, source="demo")
+        engine.dispose()
+
+
+def _check_ports_free(all_settings: list[ParticipantSettings]) -> None:
+    for settings in all_settings:
+        bind_socket(settings.host, settings.port).close()
+
+
+def _start(settings: ParticipantSettings) -> tuple[subprocess.Popen[bytes], Path]:
+    log_path = settings.data_dir / "service.log"
+    log_file = log_path.open("ab")
+    process = subprocess.Popen(  # noqa: S603 - our own interpreter and module, fixed arguments
+        [sys.executable, "-m", "connector", "serve", "--dir", str(settings.data_dir)],
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,  # Ctrl-C reaches the demo only; it stops the children in order
+    )
+    log_file.close()
+    return process, log_path
+
+
+def _tail(path: Path, lines: int = 5) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def _wait_healthy(processes: dict[str, tuple[subprocess.Popen[bytes], Path]], urls: dict[str, str]) -> None:
+    deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
+    pending = set(processes)
+    with httpx.Client(timeout=2.0) as client:
+        while pending:
+            for name in sorted(pending):
+                process, log_path = processes[name]
+                if process.poll() is not None:
+                    raise StartupError(
+                        f"{name} exited with code {process.returncode} while starting; its log says:\n"
+                        f"{_tail(log_path)}"
+                    )
+                try:
+                    if client.get(f"{urls[name]}/health").status_code == 200:
+                        pending.discard(name)
+                except httpx.HTTPError:
+                    pass
+            if pending and time.monotonic() > deadline:
+                raise StartupError(f"{', '.join(sorted(pending))} did not become healthy in time")
+            if pending:
+                time.sleep(0.2)
+
+
+def _stop(processes: dict[str, tuple[subprocess.Popen[bytes], Path]]) -> None:
+    for process, _ in processes.values():
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
+    for process, _ in processes.values():
+        try:
+            process.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _print_summary(all_settings: list[ParticipantSettings], root: Path) -> None:
+    lines = ["", "Tessera demo data space is running:", ""]
+    for settings in all_settings:
+        lines.append(f"  {settings.name:8} {settings.kind:9} {settings.public_url}   {settings.did}")
+    lines += ["", "Open:"]
+    for settings in all_settings:
+        lines.append(f"  {settings.public_url}/health")
+        lines.append(f"  {settings.public_url}/.well-known/did.json")
+        if settings.kind == "connector":
+            lines.append(f"  {settings.public_url}/.well-known/dspace-version")
+        lines.append(f"  {settings.public_url}/docs   (API reference)")
+    lines += [
+        "",
+        f"State and logs: {root}/<participant>/ (service.log, tessera.db)",
+        f"Management API keys: {root}/<participant>/management-api-key (header X-Api-Key)",
+        f"Try: tessera dataspace ping --dir {root / 'transit'} --did '{all_settings[0].did}'",
+        "Press Ctrl-C to stop everything.",
+    ]
+    print("\n".join(lines), flush=True)
+
+
+def _raise_interrupt(_signum: int, _frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def run_demo(root: Path, base_port: int = 8001) -> None:
+    root = root.resolve()
+    all_settings = _ensure_participants(root, base_port)
+    _fill_trust_lists(all_settings)
+    _check_ports_free(all_settings)
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    processes: dict[str, tuple[subprocess.Popen[bytes], Path]] = {}
+    try:
+        for settings in all_settings:
+            processes[settings.name] = _start(settings)
+        _wait_healthy(processes, {s.name: s.public_url for s in all_settings})
+        _print_summary(all_settings, root)
+        while True:
+            for name, (process, log_path) in processes.items():
+                if process.poll() is not None:
+                    raise StartupError(f"{name} stopped with code {process.returncode}:\n{_tail(log_path)}")
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        console.print("stopping…")
+    finally:
+        _stop(processes)
+        signal.signal(signal.SIGTERM, previous)
+    console.print("demo stopped; state kept in " + str(root))

@@ -1,0 +1,9 @@
+"""The tables of a connector's database (what its migrations build)."""
+
+from __future__ import annotations
+
+from identity.replay import SeenToken
+from identity.trustlist import Member
+from runtime.schema import metadata_of
+
+metadata = metadata_of([Member, SeenToken])

@@ -1,0 +1,1 @@
+"""Alembic migration histories: one for the connector schema, one for the consent service."""

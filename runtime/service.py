@@ -1,0 +1,145 @@
+"""What every participant service is made of, and how it is started.
+
+``ServiceCore`` holds the long-lived objects (engine, key, authenticator,
+peer client, metrics). ``base_app`` builds the routes both services share:
+the DID document, ``/health`` and ``/metrics``. ``serve`` checks everything
+an operator can get wrong before it binds the port, then runs uvicorn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import uvicorn
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from sqlalchemy import Engine, text
+from sqlalchemy.exc import SQLAlchemyError
+
+from identity.did import build_did_document
+from identity.keys import load_private_key
+from identity.peer_auth import PeerAuthenticator
+from identity.peer_client import PeerClient
+from runtime.database import check_database, make_engine
+from runtime.errors import StartupError
+from runtime.http import Metrics, install_http_plumbing
+from runtime.logging import configure_logging, get_logger
+from runtime.migrate import upgrade
+from runtime.settings import ParticipantSettings
+
+
+@dataclass
+class ServiceCore:
+    settings: ParticipantSettings
+    engine: Engine
+    key: Ed25519PrivateKey
+    metrics: Metrics
+    authenticator: PeerAuthenticator
+    peer_client: PeerClient
+
+    @classmethod
+    def create(cls, settings: ParticipantSettings, engine: Engine | None = None) -> ServiceCore:
+        from identity.errors import KeyFileError
+
+        try:
+            key = load_private_key(settings.resolved_private_key_file)
+        except KeyFileError as exc:
+            raise StartupError(str(exc)) from None
+        engine = engine or make_engine(settings.resolved_database_url)
+        metrics = Metrics()
+        authenticator = PeerAuthenticator(
+            engine,
+            settings.did,
+            clock_skew=settings.clock_skew_seconds,
+            on_reject=lambda reason: metrics.peer_auth_rejections.labels(reason).inc(),
+        )
+        client = PeerClient(settings.did, key, lifetime=settings.token_lifetime_seconds)
+        return cls(settings, engine, key, metrics, authenticator, client)
+
+
+def base_app(core: ServiceCore, *, title: str, services: list[dict[str, Any]]) -> FastAPI:
+    """A FastAPI app with the routes every participant serves."""
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        await core.peer_client.aclose()
+
+    app = FastAPI(title=title, version="2025-1", lifespan=lifespan)
+    app.state.core = core
+    app.state.peer_authenticator = core.authenticator
+    install_http_plumbing(app, core.metrics)
+    did_document = build_did_document(core.settings.did, core.key.public_key(), services)
+
+    @app.get("/.well-known/did.json", tags=["discovery"])
+    @app.get("/did.json", include_in_schema=False)  # did:web with a path resolves to …/did.json
+    def did_json() -> JSONResponse:
+        return JSONResponse(did_document, media_type="application/did+json")
+
+    @app.get("/health", tags=["operations"])
+    def health(request: Request) -> JSONResponse:
+        try:
+            with core.engine.connect() as connection:
+                connection.execute(text("SELECT 1"))
+        except SQLAlchemyError:
+            get_logger("tessera.health").error("database check failed")
+            return JSONResponse({"status": "unavailable", "database": "unreachable"}, status_code=503)
+        return JSONResponse({"status": "ok", "database": "ok", "did": core.settings.did})
+
+    return app
+
+
+def prepare_database(settings: ParticipantSettings, service: str) -> None:
+    """Check the database answers, then bring its schema to the newest migration."""
+    engine = make_engine(settings.resolved_database_url)
+    try:
+        check_database(engine)
+    finally:
+        engine.dispose()
+    upgrade(service, settings.resolved_database_url)
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == 98:  # EADDRINUSE
+            raise StartupError(
+                f"port {port} on {host} is in use: stop what runs there or change 'port'"
+            ) from None
+        raise StartupError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve(settings: ParticipantSettings, service: str, build_app: Callable[[ServiceCore], FastAPI]) -> None:
+    """Run one service in the foreground until interrupted."""
+    configure_logging(settings.log_level, service=f"{service}:{settings.name}")
+    log = get_logger("tessera.serve")
+    prepare_database(settings, service)
+    core = ServiceCore.create(settings)
+    app = build_app(core)
+    sock = bind_socket(settings.host, settings.port)
+    config = uvicorn.Config(app, log_config=None, access_log=False, proxy_headers=False, lifespan="on")
+    server = uvicorn.Server(config)
+    log.info("serving", did=settings.did, url=settings.public_url, database=_kind_of(settings))
+    try:
+        asyncio.run(server.serve(sockets=[sock]))
+    finally:
+        sock.close()
+        core.engine.dispose()
+
+
+def _kind_of(settings: ParticipantSettings) -> str:
+    return "postgresql" if settings.resolved_database_url.startswith("postgresql") else "sqlite"
