@@ -124,3 +124,35 @@ def make_connector(tmp_path: Path) -> Iterator[Callable[..., Participant]]:
 
 def private_key_of(participant: Participant):
     return load_private_key(participant.settings.resolved_private_key_file)
+
+
+@dataclass
+class CliResult:
+    code: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def tessera_cli() -> Callable[..., CliResult]:
+    """Runs the real ``tessera`` command in a subprocess (``python -m connector``)."""
+    import subprocess
+    import sys
+
+    def run(
+        *args: str, env: dict[str, str] | None = None, timeout: float = 60, cwd: Path | None = None
+    ) -> CliResult:
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith("TESSERA_")}
+        full_env.update(env or {})
+        completed = subprocess.run(  # noqa: S603
+            [sys.executable, "-m", "connector", *args],
+            capture_output=True,
+            text=True,
+            env=full_env,
+            timeout=timeout,
+            cwd=cwd,
+            check=False,
+        )
+        return CliResult(completed.returncode, completed.stdout, completed.stderr)
+
+    return run
