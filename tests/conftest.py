@@ -144,7 +144,7 @@ def tessera_cli() -> Callable[..., CliResult]:
     ) -> CliResult:
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("TESSERA_")}
         full_env.update(env or {})
-        completed = subprocess.run(  # noqa: S603
+        completed = subprocess.run(
             [sys.executable, "-m", "connector", *args],
             capture_output=True,
             text=True,
