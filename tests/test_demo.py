@@ -1,0 +1,134 @@
+"""The demo data space as a user runs it: `tessera demo`, four processes, Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import CliResult
+
+NAMES = ("city", "transit", "utility", "consent")
+
+
+def _four_free_ports() -> int:
+    """A base port with the three ports after it free too."""
+    for base in range(21000, 60000, 37):
+        socks = []
+        try:
+            for offset in range(4):
+                sock = socket.socket()
+                sock.bind(("127.0.0.1", base + offset))
+                socks.append(sock)
+            return base
+        except OSError:
+            continue
+        finally:
+            for sock in socks:
+                sock.close()
+    raise RuntimeError("no four consecutive free ports")
+
+
+def _start_demo(root: Path, base_port: int) -> subprocess.Popen[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TESSERA_")}
+    return subprocess.Popen(
+        [sys.executable, "-m", "connector", "demo", "--dir", str(root), "--base-port", str(base_port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+
+
+def _read_until_ready(process: subprocess.Popen[str], timeout: float = 60) -> str:
+    assert process.stdout is not None
+    deadline = time.monotonic() + timeout
+    output = ""
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            break
+        output += line
+        if "Press Ctrl-C" in line:
+            return output
+    raise AssertionError(f"demo did not become ready:\n{output}")
+
+
+def _interrupt(process: subprocess.Popen[str]) -> tuple[int, str]:
+    process.send_signal(signal.SIGINT)
+    rest, _ = process.communicate(timeout=30)
+    return process.returncode, rest
+
+
+@pytest.mark.slow
+def test_demo_runs_four_participants_and_stops_cleanly(tmp_path: Path, tessera_cli) -> None:
+    root = tmp_path / "demo"
+    base = _four_free_ports()
+    process = _start_demo(root, base)
+    try:
+        output = _read_until_ready(process)
+        for offset, name in enumerate(NAMES):
+            url = f"http://127.0.0.1:{base + offset}"
+            assert url in output, f"{name}'s URL is printed"
+            health = httpx.get(f"{url}/health", timeout=5)
+            assert health.status_code == 200
+            assert health.json()["database"] == "ok"
+            assert (root / name / "tessera.db").exists(), "each participant has its own SQLite file"
+
+        # Everyone trusts everyone else: an authenticated call works between any two.
+        for name in NAMES:
+            result: CliResult = tessera_cli("dataspace", "list", "--json", "--dir", str(root / name))
+            assert result.code == 0, result.stderr
+            members = {m["did"] for m in json.loads(result.stdout)}
+            assert len(members) == 3
+        city_did = f"did:web:127.0.0.1%3A{base}"
+        consent_did = f"did:web:127.0.0.1%3A{base + 3}"
+        ping = tessera_cli("dataspace", "ping", "--dir", str(root / "transit"), "--did", city_did)
+        assert ping.code == 0, ping.stderr
+        ping = tessera_cli("dataspace", "ping", "--dir", str(root / "utility"), "--did", consent_did)
+        assert ping.code == 0, ping.stderr
+
+        code, rest = _interrupt(process)
+        assert code == 0, rest
+        assert "demo stopped" in rest
+        for offset in range(4):  # every port is released: nothing left running
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", base + offset))
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+    # A second run reuses the state: no new participants, same identities.
+    dids_before = {name: (root / name / "keys" / "public-key.jwk").read_text() for name in NAMES}
+    process = _start_demo(root, base)
+    try:
+        output = _read_until_ready(process)
+        assert "created" not in output
+        assert {name: (root / name / "keys" / "public-key.jwk").read_text() for name in NAMES} == dids_before
+        code, _ = _interrupt(process)
+        assert code == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_demo_refuses_a_port_in_use(tmp_path: Path) -> None:
+    base = _four_free_ports()
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", base + 2))
+        blocker.listen(1)
+        process = _start_demo(tmp_path / "demo", base)
+        output, _ = process.communicate(timeout=60)
+    assert process.returncode == 1
+    assert f"port {base + 2} on 127.0.0.1 is in use" in output
+    assert "Traceback" not in output
