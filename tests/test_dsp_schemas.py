@@ -10,7 +10,7 @@ import pytest
 
 from connector.dsp import schemas
 
-REFERENCE = Path(str(resources.files("connector.dsp") / "reference"))
+REFERENCE = Path(str(resources.files("catalog") / "reference" / "dsp-2025-1"))
 EXAMPLE_SCHEMA = {
     "catalog-error": "catalog-error-schema",
     "catalog-request-message": "catalog-request-message-schema",

@@ -20,7 +20,7 @@ _AREAS = ("catalog", "common", "negotiation", "transfer")
 
 
 def _reference_root() -> Any:
-    return resources.files("connector.dsp") / "reference"
+    return resources.files("catalog") / "reference" / "dsp-2025-1"
 
 
 @cache
