@@ -7,17 +7,20 @@ request changes nothing. ``authenticated_peer`` is the FastAPI dependency.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from fastapi import Request
-from sqlalchemy import Engine
-from sqlmodel import Session
+from sqlalchemy import Engine, bindparam, select
 
 from identity.errors import TokenRejected
 from identity.replay import ReplayGuard
 from identity.tokens import MAX_TOKEN_BYTES, verify_token
-from identity.trustlist import get_member
+from identity.trustlist import Member
+
+_MEMBERS = Member.metadata.tables["trust_list_member"]
+_SELECT_MEMBER = select(_MEMBERS.c.dsp_url, _MEMBERS.c.public_jwk).where(_MEMBERS.c.did == bindparam("did"))
 
 
 @dataclass(frozen=True)
@@ -59,20 +62,23 @@ class PeerAuthenticator:
         scheme, _, token = authorization.partition(" ")
         if scheme.lower() != "bearer" or not token or " " in token.strip():
             raise TokenRejected("malformed", "the Authorization header must be 'Bearer <token>'")
-        with Session(self._engine) as session:
-            members: dict[str, tuple[dict[str, str], str]] = {}
+        # One Core connection for the member lookup and the replay insert: an ORM
+        # session and ORM loading cost more than the signature check itself.
+        with self._engine.connect() as connection:
+            found: dict[str, str] = {}
 
             def key_of(issuer: str) -> dict[str, str] | None:
-                member = get_member(session, issuer)
-                if member is None:
+                row = connection.execute(_SELECT_MEMBER, {"did": issuer}).first()
+                if row is None:
                     return None
-                members[issuer] = (member.public_jwk, member.dsp_url)
-                return member.public_jwk
+                found["dsp_url"] = row.dsp_url
+                jwk: dict[str, str] = json.loads(row.public_jwk)
+                return jwk
 
             verified = verify_token(token.strip(), self._audience, key_of, clock_skew=self._clock_skew)
-            if not self._replay.record(session, verified.issuer, verified.jti, verified.expires_at):
+            if not self._replay.record(connection, verified.issuer, verified.jti, verified.expires_at):
                 raise TokenRejected("replayed", "the token has been used before")
-        return Peer(did=verified.issuer, dsp_url=members[verified.issuer][1])
+        return Peer(did=verified.issuer, dsp_url=found["dsp_url"])
 
 
 class PeerAuthError(Exception):

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import time
 
-from sqlalchemy import BigInteger, Column, CursorResult, delete, insert
+from sqlalchemy import BigInteger, Column, Connection, bindparam, delete, insert
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Field, Session, SQLModel
+from sqlmodel import Field, SQLModel
 
 PURGE_EVERY = 1000
 
@@ -24,29 +24,37 @@ class SeenToken(SQLModel, table=True):
     expires_at: int = Field(sa_column=Column(BigInteger, nullable=False, index=True))
 
 
+# Built once: a table-level INSERT with bound parameters compiles once and is then
+# served from SQLAlchemy's statement cache (an ORM insert built per call cost
+# about 150 µs of CPU per request; bench/bench_peer_auth.py).
+_SEEN = SeenToken.metadata.tables["seen_token"]
+_INSERT_SEEN = insert(_SEEN)
+_PURGE_SEEN = delete(_SEEN).where(_SEEN.c.expires_at < bindparam("cutoff"))
+
+
 class ReplayGuard:
     """Records token ids; says whether one was already seen."""
 
     def __init__(self) -> None:
         self._since_purge = 0
 
-    def record(self, session: Session, issuer: str, jti: str, expires_at: int) -> bool:
-        """True when (issuer, jti) is new and now recorded; False for a replay."""
+    def record(self, connection: Connection, issuer: str, jti: str, expires_at: int) -> bool:
+        """True when (issuer, jti) is new and now recorded (committed); False for a replay."""
         try:
-            session.execute(insert(SeenToken).values(issuer=issuer, jti=jti, expires_at=expires_at))
-            session.commit()
+            connection.execute(_INSERT_SEEN, {"issuer": issuer, "jti": jti, "expires_at": expires_at})
+            connection.commit()
         except IntegrityError:
-            session.rollback()
+            connection.rollback()
             return False
         self._since_purge += 1
         if self._since_purge >= PURGE_EVERY:
             self._since_purge = 0
-            self.purge_expired(session)
+            self.purge_expired(connection)
         return True
 
     @staticmethod
-    def purge_expired(session: Session, now: float | None = None) -> int:
-        cutoff = int(time.time() if now is None else now)
-        result = session.execute(delete(SeenToken).where(SeenToken.expires_at < cutoff))  # type: ignore[arg-type]
-        session.commit()
-        return int(result.rowcount or 0) if isinstance(result, CursorResult) else 0
+    def purge_expired(connection: Connection, now: float | None = None) -> int:
+        """Forget token ids whose tokens have expired; returns how many."""
+        result = connection.execute(_PURGE_SEEN, {"cutoff": int(time.time() if now is None else now)})
+        connection.commit()
+        return int(result.rowcount or 0)
