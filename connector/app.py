@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 
 from connector.discovery import discovery_router
+from connector.dsp.catalog_routes import catalog_router
+from connector.dsp.errors import DspError, dsp_error_body, dsp_error_response, error_type_for_path
+from connector.management.assets import assets_router
+from connector.management.catalog import catalog_router as management_catalog_router
+from connector.management.contract_definitions import contract_definitions_router
+from connector.management.errors import install_management_error_handlers
+from connector.management.policies import policies_router
 from connector.peers import peers_router
 from identity.did import dsp_services
 from runtime.service import ServiceCore, base_app
@@ -17,6 +27,26 @@ def create_app(core: ServiceCore) -> FastAPI:
         title=f"Tessera connector {settings.name}",
         services=dsp_services(settings.did, settings.public_url, settings.dsp_url),
     )
+    install_management_error_handlers(app)
+    install_dsp_error_handlers(app)
     app.include_router(discovery_router())
     app.include_router(peers_router())
+    app.include_router(catalog_router())
+    app.include_router(management_catalog_router())
+    app.include_router(assets_router())
+    app.include_router(policies_router())
+    app.include_router(contract_definitions_router())
     return app
+
+
+def _dsp_auth_error_shape(path: str, message: str) -> dict[str, Any] | None:
+    error_type = error_type_for_path(path)
+    return dsp_error_body(error_type, 401, [message]) if error_type else None
+
+
+def install_dsp_error_handlers(app: FastAPI) -> None:
+    app.state.auth_error_shape = _dsp_auth_error_shape
+
+    @app.exception_handler(DspError)
+    async def dsp_error(_request: Request, exc: DspError) -> JSONResponse:
+        return dsp_error_response(exc)

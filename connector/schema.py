@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from catalog.models import Asset, AssetProperty, ContractDefinition, PolicyDefinition
 from identity.replay import SeenToken
 from identity.trustlist import Member
 from runtime.schema import metadata_of
 
-metadata = metadata_of([Member, SeenToken])
+metadata = metadata_of([Member, SeenToken, Asset, AssetProperty, PolicyDefinition, ContractDefinition])

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from fastapi import Request
 from sqlalchemy import Engine, bindparam, select
@@ -20,7 +21,9 @@ from identity.tokens import MAX_TOKEN_BYTES, verify_token
 from identity.trustlist import Member
 
 _MEMBERS = Member.metadata.tables["trust_list_member"]
-_SELECT_MEMBER = select(_MEMBERS.c.dsp_url, _MEMBERS.c.public_jwk).where(_MEMBERS.c.did == bindparam("did"))
+_SELECT_MEMBER = select(_MEMBERS.c.dsp_url, _MEMBERS.c.public_jwk, _MEMBERS.c.memberships).where(
+    _MEMBERS.c.did == bindparam("did")
+)
 
 
 @dataclass(frozen=True)
@@ -29,6 +32,7 @@ class Peer:
 
     did: str
     dsp_url: str
+    memberships: frozenset[str] = frozenset()
 
 
 class PeerAuthenticator:
@@ -65,20 +69,25 @@ class PeerAuthenticator:
         # One Core connection for the member lookup and the replay insert: an ORM
         # session and ORM loading cost more than the signature check itself.
         with self._engine.connect() as connection:
-            found: dict[str, str] = {}
+            found: dict[str, Any] = {}
 
             def key_of(issuer: str) -> dict[str, str] | None:
                 row = connection.execute(_SELECT_MEMBER, {"did": issuer}).first()
                 if row is None:
                     return None
                 found["dsp_url"] = row.dsp_url
+                found["memberships"] = row.memberships
                 jwk: dict[str, str] = json.loads(row.public_jwk)
                 return jwk
 
             verified = verify_token(token.strip(), self._audience, key_of, clock_skew=self._clock_skew)
             if not self._replay.record(connection, verified.issuer, verified.jti, verified.expires_at):
                 raise TokenRejected("replayed", "the token has been used before")
-        return Peer(did=verified.issuer, dsp_url=found["dsp_url"])
+        return Peer(
+            did=verified.issuer,
+            dsp_url=found["dsp_url"],
+            memberships=frozenset(json.loads(found["memberships"])),
+        )
 
 
 class PeerAuthError(Exception):

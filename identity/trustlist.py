@@ -8,6 +8,8 @@ moment) and only changes when an operator changes it.
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from urllib.parse import urlsplit
@@ -18,6 +20,8 @@ from sqlmodel import Field, Session, SQLModel, select
 from identity.did import parse_did_document
 from identity.errors import DidError
 from identity.keys import normalised_public_jwk
+
+MEMBERSHIP_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,63}$")
 
 
 def utcnow() -> datetime:
@@ -31,6 +35,8 @@ class Member(SQLModel, table=True):
     dsp_url: str = Field(max_length=2048)
     public_jwk: str = Field(sa_column=Column(Text, nullable=False))
     source: str = Field(max_length=32)
+    # Membership claims the operator vouches for (e.g. "public-authority"); policies can test them.
+    memberships: str = Field(default="[]", sa_column=Column(Text, nullable=False, server_default="[]"))
     added_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
 
 
@@ -41,6 +47,7 @@ class MemberView:
     public_jwk: dict[str, str]
     source: str
     added_at: datetime
+    memberships: tuple[str, ...] = ()
 
 
 def _view(row: Member) -> MemberView:
@@ -49,7 +56,9 @@ def _view(row: Member) -> MemberView:
         dsp_url=row.dsp_url,
         public_jwk=json.loads(row.public_jwk),
         source=row.source,
-        added_at=row.added_at,
+        # SQLite hands timestamps back without their zone; they are stored in UTC.
+        added_at=row.added_at if row.added_at.tzinfo else row.added_at.replace(tzinfo=UTC),
+        memberships=tuple(json.loads(row.memberships)),
     )
 
 
@@ -66,9 +75,25 @@ def validate_did(did: str) -> str:
     return did
 
 
-def add_member(session: Session, did: str, dsp_url: str, jwk: object, source: str = "manual") -> MemberView:
+def validate_memberships(memberships: Iterable[str]) -> list[str]:
+    cleaned = sorted({m.strip() for m in memberships})
+    for membership in cleaned:
+        if not MEMBERSHIP_PATTERN.match(membership):
+            raise DidError(f"membership {membership!r} must be 1-64 letters, digits, '-', '_', '.' or ':'")
+    return cleaned
+
+
+def add_member(
+    session: Session,
+    did: str,
+    dsp_url: str,
+    jwk: object,
+    source: str = "manual",
+    memberships: Iterable[str] = (),
+) -> MemberView:
     """Add or replace a member (the operator's word is final for its own list)."""
     row = Member(
+        memberships=json.dumps(validate_memberships(memberships)),
         did=validate_did(did),
         dsp_url=validate_dsp_url(dsp_url),
         public_jwk=json.dumps(normalised_public_jwk(jwk), sort_keys=True),
@@ -82,9 +107,18 @@ def add_member(session: Session, did: str, dsp_url: str, jwk: object, source: st
     return _view(stored)
 
 
-def add_member_from_document(session: Session, expected_did: str, document: object) -> MemberView:
+def add_member_from_document(
+    session: Session, expected_did: str, document: object, memberships: Iterable[str] = ()
+) -> MemberView:
     resolved = parse_did_document(document, expected_did)
-    return add_member(session, resolved.did, resolved.dsp_url, resolved.public_jwk, source="did-document")
+    return add_member(
+        session,
+        resolved.did,
+        resolved.dsp_url,
+        resolved.public_jwk,
+        source="did-document",
+        memberships=memberships,
+    )
 
 
 def list_members(session: Session) -> list[MemberView]:

@@ -6,6 +6,7 @@ import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
@@ -17,6 +18,8 @@ from identity.peer_auth import PeerAuthError
 from runtime.logging import get_logger, request_id_var
 
 REQUEST_ID_HEADER = "X-Request-ID"
+# (request path, message) -> extra members of a 401 body, or None
+AuthErrorShape = Callable[[str, str], dict[str, Any] | None]
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
@@ -50,6 +53,11 @@ class Metrics:
 
 def _route_template(request: Request) -> str:
     # Label by route template, not raw path: raw paths would explode label cardinality.
+    # Routing records the matched route in the scope; routes of included routers are
+    # only found there (the app's own route list holds the router, not its routes).
+    matched_path = getattr(request.scope.get("route"), "path", None)
+    if isinstance(matched_path, str):
+        return matched_path
     for route in request.app.router.routes:
         match, _ = route.matches(request.scope)
         if match == Match.FULL:
@@ -91,11 +99,20 @@ def install_http_plumbing(app: FastAPI, metrics: Metrics) -> None:
             request_id_var.reset(token)
 
     @app.exception_handler(PeerAuthError)
-    async def peer_auth_failed(_request: Request, exc: PeerAuthError) -> JSONResponse:
+    async def peer_auth_failed(request: Request, exc: PeerAuthError) -> JSONResponse:
         log.warning("peer authentication refused", reason=exc.reason, detail=exc.message)
+        content: dict[str, Any] = {
+            "error": "invalid_token",
+            "reason": exc.reason,
+            "error_description": exc.message,
+        }
+        # A protocol can give refusals its own error shape (DSP: CatalogError, ...), keeping these fields.
+        shape: AuthErrorShape | None = getattr(request.app.state, "auth_error_shape", None)
+        if shape is not None:
+            content = {**(shape(request.url.path, exc.message) or {}), **content}
         return JSONResponse(
             status_code=401,
-            content={"error": "invalid_token", "reason": exc.reason, "error_description": exc.message},
+            content=content,
             headers={"WWW-Authenticate": f'Bearer error="invalid_token", error_description="{exc.reason}"'},
         )
 

@@ -10,7 +10,7 @@ from typing import Annotated
 import httpx
 import typer
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
 from sqlmodel import Session
 
 from connector.cli.common import DirOption, open_database, participant_settings
@@ -45,6 +45,12 @@ def add(
         str | None,
         typer.Option("--did-document", help="Add from this DID document URL, pinning the key it shows now."),
     ] = None,
+    membership: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--membership", help="A membership claim you vouch for (repeatable), e.g. public-authority."
+        ),
+    ] = None,
 ) -> None:
     """Add (or update) a member, from --did/--url/--key or from --did-document."""
     settings = participant_settings(data_dir)
@@ -54,14 +60,14 @@ def add(
         expected, document = fetch_did_document(did_document)
         engine = open_database(settings)
         with Session(engine) as session:
-            member = add_member_from_document(session, expected, document)
+            member = add_member_from_document(session, expected, document, membership or ())
     else:
         if not (did and url and key):
             raise StartupError("--did, --url and --key are all needed (or use --did-document URL)")
         jwk = _read_jwk_file(key)
         engine = open_database(settings)
         with Session(engine) as session:
-            member = add_member(session, did, url, jwk)
+            member = add_member(session, did, url, jwk, memberships=membership or ())
     engine.dispose()
     console.print(
         f"member {member.did} at {member.dsp_url} (key {member.public_jwk['x'][:12]}…, {member.source})"
@@ -85,16 +91,30 @@ def list_command(
                 "url": m.dsp_url,
                 "key": m.public_jwk,
                 "source": m.source,
+                "memberships": list(m.memberships),
                 "added": m.added_at.isoformat(),
             }
             for m in members
         ]
         print(json.dumps(rows, indent=2))
         return
-    table = Table("DID", "URL", "key (x)", "source", "added")
+    # DIDs and URLs wrap rather than being cut short: an operator must be able to read them.
+    table = Table(
+        Column("DID", overflow="fold"),
+        Column("URL", overflow="fold"),
+        "key (x)",
+        "memberships",
+        "source",
+        "added",
+    )
     for m in members:
         table.add_row(
-            m.did, m.dsp_url, m.public_jwk["x"][:16] + "…", m.source, m.added_at.strftime("%Y-%m-%d %H:%M")
+            m.did,
+            m.dsp_url,
+            m.public_jwk["x"][:16] + "…",
+            ", ".join(m.memberships) or "-",
+            m.source,
+            m.added_at.strftime("%Y-%m-%d %H:%M"),
         )
     console.print(table)
 

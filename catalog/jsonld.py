@@ -1,0 +1,297 @@
+"""JSON-LD, done offline: vendored contexts, EDC's input forms, EDC-style compaction.
+
+* ``document_loader`` serves the vendored contexts and refuses every other URL,
+  so no request body can make the connector fetch anything (no SSRF).
+* ``expand_management_input`` accepts what EDC's Management API accepts: an
+  object ``@context`` without ``@vocab`` gets EDC's default vocabulary; keys may
+  be bare, prefixed or full IRIs; ``null`` members mean "absent".
+* ``compact_edc`` writes expanded JSON-LD back in the compacted form EDC
+  clients read: bare keys for the EDC namespace, ``odrl:`` prefixes for ODRL,
+  full IRIs for everything else, single values unwrapped.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Callable
+from functools import cache
+from importlib import resources
+from typing import Any
+
+from pyld import jsonld
+
+EDC_NS = "https://w3id.org/edc/v0.0.1/ns/"
+ODRL_NS = "http://www.w3.org/ns/odrl/2/"
+DCT_NS = "http://purl.org/dc/terms/"
+DCAT_NS = "http://www.w3.org/ns/dcat#"
+TESSERA_NS = "https://w3id.org/tessera/v1/ns/"
+DSPACE_CONTEXT_URL = "https://w3id.org/dspace/2025/1/context.jsonld"
+EDC_MANAGEMENT_CONTEXT_URL = "https://w3id.org/edc/connector/management/v0.0.1"
+ODRL_CONTEXT_URL = "http://www.w3.org/ns/odrl.jsonld"
+
+# The context of every Management API response (EDC's default response context).
+EDC_RESPONSE_CONTEXT: dict[str, str] = {"@vocab": EDC_NS, "edc": EDC_NS, "odrl": ODRL_NS}
+
+MAX_DEPTH = 32
+_REGISTERED_PREFIXES = ("edc:", "odrl:")
+
+
+class JsonLdInputError(ValueError):
+    """The body is not JSON-LD we can process; the message says why."""
+
+    def __init__(self, message: str, path: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+def _package_text(package: str, *parts: str) -> str:
+    node = resources.files(package)
+    for part in parts:
+        node = node / part
+    return node.read_text(encoding="utf-8")
+
+
+@cache
+def vendored_contexts() -> dict[str, dict[str, Any]]:
+    """Context URL → document, for every context Tessera will ever load."""
+    files = {
+        DSPACE_CONTEXT_URL: ("reference", "dsp-2025-1", "context", "dspace.jsonld"),
+        "https://w3id.org/dspace/2025/1/odrl-profile.jsonld": (
+            "reference",
+            "dsp-2025-1",
+            "context",
+            "odrl.jsonld",
+        ),
+        EDC_MANAGEMENT_CONTEXT_URL: ("contexts", "edc-management-v1.jsonld"),
+        ODRL_CONTEXT_URL: ("contexts", "odrl.jsonld"),
+    }
+    return {url: json.loads(_package_text("catalog", *parts)) for url, parts in files.items()}
+
+
+def document_loader(url: str, options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """pyld document loader: vendored documents only; anything else is refused, never fetched."""
+    document = vendored_contexts().get(url)
+    if document is None:
+        raise jsonld.JsonLdError(
+            f"context {url} is not one Tessera knows; remote contexts are never fetched",
+            "jsonld.LoadDocumentError",
+            {"url": url},
+            code="loading remote context failed",
+        )
+    return {
+        "contentType": "application/ld+json",
+        "contextUrl": None,
+        "documentUrl": url,
+        "document": document,
+    }
+
+
+def check_depth(value: Any, limit: int = MAX_DEPTH) -> None:
+    """Refuse documents nested deeper than ``limit`` (iteratively: no recursion to exhaust)."""
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            raise JsonLdInputError(f"the document is nested deeper than {limit} levels")
+        if isinstance(node, dict):
+            stack.extend((child, depth + 1) for child in node.values())
+        elif isinstance(node, list):
+            stack.extend((child, depth + 1) for child in node)
+
+
+def _drop_nulls(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _drop_nulls(v) for k, v in value.items() if v is not None or k == "@context"}
+    if isinstance(value, list):
+        return [_drop_nulls(v) for v in value if v is not None]
+    return value
+
+
+def _inline_known_contexts(context: Any) -> Any:
+    """Replace known context URLs by their documents' contexts; refuse unknown URLs up front."""
+    if isinstance(context, str):
+        document = vendored_contexts().get(context)
+        if document is None:
+            raise JsonLdInputError(
+                f"context {context!r} is not one Tessera knows; remote contexts are never fetched", "@context"
+            )
+        return copy.deepcopy(document["@context"])
+    if isinstance(context, list):
+        return [_inline_known_contexts(item) for item in context]
+    if isinstance(context, dict):
+        return {
+            key: (
+                {**value, "@context": _inline_known_contexts(value["@context"])}
+                if isinstance(value, dict) and "@context" in value
+                else value
+            )
+            for key, value in context.items()
+        }
+    if context is None:
+        return None
+    raise JsonLdInputError("@context must be a string, an object or an array", "@context")
+
+
+def _prepare(value: Any) -> Any:
+    """Inline contexts at every level of the document."""
+    if isinstance(value, dict):
+        prepared = {k: _prepare(v) for k, v in value.items() if k != "@context"}
+        if "@context" in value:
+            prepared["@context"] = _inline_known_contexts(value["@context"])
+        return prepared
+    if isinstance(value, list):
+        return [_prepare(v) for v in value]
+    return value
+
+
+def _with_default_vocab(context: Any) -> Any:
+    # EDC adds its vocabulary only to an object context that has none; so do we.
+    if context is None:
+        return {"@vocab": EDC_NS}
+    if isinstance(context, dict) and "@vocab" not in context:
+        return {**context, "@vocab": EDC_NS}
+    return context
+
+
+def _unexpanded_prefix(value: Any, path: str = "") -> str | None:
+    if isinstance(value, dict):
+        for key, child in value.items():
+            if key.startswith(_REGISTERED_PREFIXES):
+                return f"{path}/{key}"
+            if key in ("@type", "@id"):
+                for item in child if isinstance(child, list) else [child]:
+                    if isinstance(item, str) and item.startswith(_REGISTERED_PREFIXES):
+                        return f"{path}/{key}"
+            found = _unexpanded_prefix(child, f"{path}/{key}")
+            if found:
+                return found
+    elif isinstance(value, list):
+        for child in value:
+            found = _unexpanded_prefix(child, path)
+            if found:
+                return found
+    return None
+
+
+def expand_management_input(body: Any) -> dict[str, Any]:
+    """Expand a Management API request body to one expanded JSON-LD node."""
+    if not isinstance(body, dict):
+        raise JsonLdInputError("the body must be a JSON object")
+    check_depth(body)
+    document = _drop_nulls(body)
+    document["@context"] = _with_default_vocab(document.get("@context"))
+    document = _prepare(document)
+    try:
+        expanded = jsonld.expand(document, {"documentLoader": document_loader, "base": None})
+    except jsonld.JsonLdError as exc:
+        raise JsonLdInputError(f"the body is not valid JSON-LD: {_jsonld_reason(exc)}") from None
+    if len(expanded) != 1 or not isinstance(expanded[0], dict):
+        raise JsonLdInputError("the body must describe exactly one JSON-LD node")
+    node: dict[str, Any] = expanded[0]
+    bad = _unexpanded_prefix(node)
+    if bad:
+        raise JsonLdInputError(f"a prefix at {bad} is not defined in the @context", bad)
+    return node
+
+
+def _jsonld_reason(exc: BaseException) -> str:
+    message = str(getattr(exc, "message", "") or exc).splitlines()[0]
+    return message[:300]
+
+
+# ---------------------------------------------------------------- reading expanded nodes
+
+
+def values(node: dict[str, Any], iri: str) -> list[Any]:
+    """The expanded values of property ``iri`` (always a list)."""
+    found = node.get(iri, [])
+    return found if isinstance(found, list) else [found]
+
+
+def first_value(node: dict[str, Any], iri: str) -> Any:
+    """The first plain value (``@value`` or ``@id``) of ``iri``, or None."""
+    for item in values(node, iri):
+        if isinstance(item, dict):
+            if "@value" in item:
+                return item["@value"]
+            if "@id" in item:
+                return item["@id"]
+        else:
+            return item
+    return None
+
+
+def first_node(node: dict[str, Any], iri: str) -> dict[str, Any] | None:
+    for item in values(node, iri):
+        if isinstance(item, dict) and "@value" not in item:
+            return item
+    return None
+
+
+def node_type(node: dict[str, Any]) -> list[str]:
+    types = node.get("@type", [])
+    return types if isinstance(types, list) else [types]
+
+
+# ---------------------------------------------------------------- compaction
+
+
+def compact_iri(iri: str) -> str:
+    if iri.startswith(EDC_NS) and len(iri) > len(EDC_NS):
+        return iri[len(EDC_NS) :]
+    if iri.startswith(ODRL_NS) and len(iri) > len(ODRL_NS):
+        return "odrl:" + iri[len(ODRL_NS) :]
+    return iri
+
+
+def _compact_value(item: Any, compact: Callable[[str], str]) -> Any:
+    if not isinstance(item, dict):
+        return item
+    if "@value" in item:
+        if "@type" in item or "@language" in item:
+            return {k: (compact(v) if k == "@type" else v) for k, v in item.items()}
+        return item["@value"]
+    if "@list" in item:
+        return {"@list": [_compact_value(v, compact) for v in item["@list"]]}
+    if set(item) == {"@id"}:
+        return {"@id": compact(item["@id"])}
+    return _compact_node(item, compact)
+
+
+def _compact_node(node: dict[str, Any], compact: Callable[[str], str] = compact_iri) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if key == "@id":
+            out["@id"] = value
+        elif key == "@type":
+            types = [compact(t) for t in (value if isinstance(value, list) else [value])]
+            out["@type"] = types[0] if len(types) == 1 else types
+        else:
+            items = [_compact_value(v, compact) for v in (value if isinstance(value, list) else [value])]
+            out[compact(key)] = items[0] if len(items) == 1 else items
+    return out
+
+
+def compact_iri_with(prefixes: dict[str, str]) -> Callable[[str], str]:
+    """An IRI compactor for a context of prefixes only (e.g. {"dct": DCT_NS})."""
+
+    def compact(iri: str) -> str:
+        for prefix, namespace in prefixes.items():
+            if iri.startswith(namespace) and len(iri) > len(namespace):
+                return f"{prefix}:{iri[len(namespace) :]}"
+        return iri
+
+    return compact
+
+
+def compact_node_with(node: dict[str, Any], compact: Callable[[str], str]) -> dict[str, Any]:
+    """Compact an expanded node's keys, types and ids with ``compact``; single values unwrapped."""
+    return _compact_node(node, compact)
+
+
+def compact_edc(node: dict[str, Any]) -> dict[str, Any]:
+    """Compact one expanded node with EDC's response context; the context is included."""
+    compacted = _compact_node(node)
+    compacted["@context"] = dict(EDC_RESPONSE_CONTEXT)
+    return compacted

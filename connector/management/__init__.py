@@ -1,0 +1,1 @@
+"""The Management API v3, compatible with Eclipse Dataspace Components' clients."""
