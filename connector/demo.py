@@ -21,6 +21,7 @@ import httpx
 from rich.console import Console
 from sqlmodel import Session
 
+from connector.demo_seed import MEMBERSHIPS, seed, visible_datasets
 from identity.trustlist import add_member
 from runtime.database import make_engine
 from runtime.errors import StartupError
@@ -83,13 +84,29 @@ def _fill_trust_lists(all_settings: list[ParticipantSettings]) -> None:
                     continue
                 jwk = json.loads((other.data_dir / PUBLIC_KEY_FILE).read_text())
                 base = other.api_url if isinstance(other, ConsentSettings) else other.dsp_url
-                add_member(session, other.did, base, jwk, source="demo")
+                add_member(
+                    session, other.did, base, jwk, source="demo", memberships=[MEMBERSHIPS[other.name]]
+                )
         engine.dispose()
 
 
 def _check_ports_free(all_settings: list[ParticipantSettings]) -> None:
     for settings in all_settings:
         bind_socket(settings.host, settings.port).close()
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: ask Linux to send SIGTERM when the demo process dies.
+
+    The children run in their own sessions (so Ctrl-C reaches only the demo,
+    which stops them in order); without this, a demo killed with SIGKILL
+    would leave them running.
+    """
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 def _start(settings: ParticipantSettings) -> tuple[subprocess.Popen[bytes], Path]:
@@ -101,6 +118,7 @@ def _start(settings: ParticipantSettings) -> tuple[subprocess.Popen[bytes], Path
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
         start_new_session=True,  # Ctrl-C reaches the demo only; it stops the children in order
+        preexec_fn=_die_with_parent,  # runs before exec; the demo starts no threads of its own
     )
     log_file.close()
     return process, log_path
@@ -149,6 +167,23 @@ def _stop(processes: dict[str, tuple[subprocess.Popen[bytes], Path]]) -> None:
             process.wait()
 
 
+def _publish(all_settings: list[ParticipantSettings]) -> None:
+    """Each connector publishes its datasets; then show who sees what in whose catalog."""
+    connectors = [s for s in all_settings if s.kind == "connector"]
+    for settings in connectors:
+        published = seed(settings)
+        print(f"{settings.name} publishes: {', '.join(published)}", flush=True)
+    print("\nCatalogs as each member sees them (access policies applied by the provider):", flush=True)
+    for provider in connectors:
+        for consumer in connectors:
+            if consumer.name != provider.name:
+                seen = visible_datasets(consumer, provider)
+                print(
+                    f"  {consumer.name:8} sees in {provider.name + ':':9} {', '.join(seen) or '(nothing)'}",
+                    flush=True,
+                )
+
+
 def _print_summary(all_settings: list[ParticipantSettings], root: Path) -> None:
     lines = ["", "Tessera demo data space is running:", ""]
     for settings in all_settings:
@@ -185,6 +220,7 @@ def run_demo(root: Path, base_port: int = 8001) -> None:
         for settings in all_settings:
             processes[settings.name] = _start(settings)
         _wait_healthy(processes, {s.name: s.public_url for s in all_settings})
+        _publish(all_settings)
         _print_summary(all_settings, root)
         while True:
             for name, (process, log_path) in processes.items():

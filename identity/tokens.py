@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import time
 import uuid
 import warnings
@@ -100,7 +101,9 @@ def _int_claim(claims: dict[str, Any], name: str, required: bool = True) -> int 
     value = claims.get(name)
     if value is None and not required:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    # JSON parsing accepts NaN and Infinity; int() of either raises, so refuse them here.
+    not_finite = isinstance(value, float) and not math.isfinite(value)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not_finite:
         raise TokenRejected("claims", f"the token's '{name}' claim is missing or not a number")
     return int(value)
 
@@ -125,8 +128,9 @@ def verify_token(
     if "crit" in header or "jwk" in header or "jku" in header or "x5u" in header:
         raise TokenRejected("header", "the token header may not carry crit, jwk, jku or x5u")
     issuer = claims.get("iss")
-    if not isinstance(issuer, str) or not issuer:
-        raise TokenRejected("claims", "the token has no 'iss' claim")
+    # Unprintable text (NUL, lone surrogates) would make the database lookup fail, not miss.
+    if not isinstance(issuer, str) or not issuer or not issuer.isprintable():
+        raise TokenRejected("claims", "the token has no valid 'iss' claim")
     jwk = public_jwk_for(issuer)
     if jwk is None:
         raise TokenRejected("unknown_issuer", f"{issuer} is not a member of this data space")
@@ -157,6 +161,6 @@ def verify_token(
     if issued_at > current + clock_skew or (not_before is not None and not_before > current + clock_skew):
         raise TokenRejected("not_yet_valid", "the token is not valid yet")
     jti = claims.get("jti")
-    if not isinstance(jti, str) or not 0 < len(jti) <= MAX_JTI_LENGTH:
-        raise TokenRejected("claims", f"the token needs a 'jti' of 1..{MAX_JTI_LENGTH} characters")
+    if not isinstance(jti, str) or not 0 < len(jti) <= MAX_JTI_LENGTH or not jti.isprintable():
+        raise TokenRejected("claims", f"the token needs a printable 'jti' of 1..{MAX_JTI_LENGTH} characters")
     return VerifiedToken(issuer=issuer, jti=jti, expires_at=expires_at + clock_skew)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -37,6 +38,17 @@ def _four_free_ports() -> int:
     raise RuntimeError("no four consecutive free ports")
 
 
+def _port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        # SO_REUSEADDR ignores connections in TIME_WAIT but still fails on a live listener.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
 def _start_demo(root: Path, base_port: int) -> subprocess.Popen[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TESSERA_")}
     return subprocess.Popen(
@@ -48,7 +60,7 @@ def _start_demo(root: Path, base_port: int) -> subprocess.Popen[str]:
     )
 
 
-def _read_until_ready(process: subprocess.Popen[str], timeout: float = 60) -> str:
+def _read_until_ready(process: subprocess.Popen[str], timeout: float = 120) -> str:
     assert process.stdout is not None
     deadline = time.monotonic() + timeout
     output = ""
@@ -60,6 +72,17 @@ def _read_until_ready(process: subprocess.Popen[str], timeout: float = 60) -> st
         if "Press Ctrl-C" in line:
             return output
     raise AssertionError(f"demo did not become ready:\n{output}")
+
+
+def _stop(process: subprocess.Popen[str]) -> None:
+    """Interrupt like a user would; kill only if that fails (the children die with the demo)."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.communicate()
 
 
 def _interrupt(process: subprocess.Popen[str]) -> tuple[int, str]:
@@ -83,6 +106,20 @@ def test_demo_runs_four_participants_and_stops_cleanly(tmp_path: Path, tessera_c
             assert health.json()["database"] == "ok"
             assert (root / name / "tessera.db").exists(), "each participant has its own SQLite file"
 
+        # Each connector's catalog shows each peer only what its access policies allow.
+        seen = {
+            (m.group(1), m.group(2)): m.group(3).strip()
+            for m in re.finditer(r"^\s+(\w+)\s+sees in (\w+):\s+(.*)$", output, re.MULTILINE)
+        }
+        assert seen == {
+            ("transit", "city"): "bike-counts, traffic-sensors",
+            ("utility", "city"): "bike-counts",
+            ("city", "transit"): "card-trips, ridership-by-stop",
+            ("utility", "transit"): "ridership-by-stop",
+            ("city", "utility"): "smart-meter-readings",
+            ("transit", "utility"): "(nothing)",
+        }
+
         # Everyone trusts everyone else: an authenticated call works between any two.
         for name in NAMES:
             result: CliResult = tessera_cli("dataspace", "list", "--json", "--dir", str(root / name))
@@ -99,27 +136,27 @@ def test_demo_runs_four_participants_and_stops_cleanly(tmp_path: Path, tessera_c
         code, rest = _interrupt(process)
         assert code == 0, rest
         assert "demo stopped" in rest
-        for offset in range(4):  # every port is released: nothing left running
-            with socket.socket() as sock:
-                sock.bind(("127.0.0.1", base + offset))
+        assert all(_port_free(base + offset) for offset in range(4)), "nothing is left listening"
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        _stop(process)
 
     # A second run reuses the state: no new participants, same identities.
     dids_before = {name: (root / name / "keys" / "public-key.jwk").read_text() for name in NAMES}
     process = _start_demo(root, base)
     try:
         output = _read_until_ready(process)
-        assert "created" not in output
+        assert "created connector" not in output
+        assert "bike-counts (kept)" in output  # published once, found in place the second time
         assert {name: (root / name / "keys" / "public-key.jwk").read_text() for name in NAMES} == dids_before
-        code, _ = _interrupt(process)
-        assert code == 0
+        # Killed outright (no chance to clean up), the demo still takes its participants with it.
+        process.kill()
+        process.communicate(timeout=30)
+        deadline = time.monotonic() + 20
+        while not all(_port_free(base + offset) for offset in range(4)):
+            assert time.monotonic() < deadline, "participants outlived a killed demo"
+            time.sleep(0.5)
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        _stop(process)
 
 
 def test_demo_refuses_a_port_in_use(tmp_path: Path) -> None:
