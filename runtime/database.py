@@ -22,6 +22,8 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=5000")
+    # LIKE is case-sensitive on PostgreSQL; QuerySpec's "like" must match the same rows here ("ilike" ignores case).
+    cursor.execute("PRAGMA case_sensitive_like=ON")
     cursor.close()
 
 

@@ -77,10 +77,14 @@ def init_participant(
         )
     except ValidationError as exc:
         first = exc.errors()[0]
-        raise StartupError(f"--{first['loc'][0]} is invalid: {first['msg']}") from None
+        option = str(first["loc"][0]).replace("_", "-")  # the CLI spells it --public-url
+        raise StartupError(f"--{option} is invalid: {first['msg']}") from None
 
-    data_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{data_dir.name}.init-", dir=data_dir.parent))
+    try:
+        data_dir.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{data_dir.name}.init-", dir=data_dir.parent))
+    except OSError as exc:
+        raise StartupError(f"cannot create {data_dir}: {exc.strerror or exc}") from None
     try:
         staging.chmod(0o700)
         key = generate_private_key()
@@ -94,6 +98,9 @@ def init_participant(
         if data_dir.exists():
             data_dir.rmdir()  # empty, checked above
         staging.rename(data_dir)
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise StartupError(f"cannot create {data_dir}: {exc.strerror or exc}") from None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
 from identity.did import did_from_url
 from identity.errors import DidError
@@ -26,6 +26,15 @@ DATABASE_FILE = "tessera.db"
 DSP_PATH = "/dsp/2025-1"
 S = TypeVar("S", bound="ParticipantSettings")
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+
+
+class _Environment(EnvSettingsSource):
+    """``TESSERA_*`` variables, except ``data_dir``: the directory is always the one given (--dir)."""
+
+    def __call__(self) -> dict[str, Any]:
+        values = super().__call__()
+        values.pop("data_dir", None)
+        return values
 
 
 class ParticipantSettings(BaseSettings):
@@ -45,6 +54,8 @@ class ParticipantSettings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     clock_skew_seconds: int = Field(default=30, ge=0, le=300)
     token_lifetime_seconds: int = Field(default=120, ge=1, le=300)
+    # How often a connector crawls the members' catalogs into its federated catalog (0: never).
+    catalog_crawl_interval_seconds: int = Field(default=300, ge=0, le=86_400)
 
     @classmethod
     def settings_customise_sources(
@@ -56,7 +67,7 @@ class ParticipantSettings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # The TOML file's values arrive as init arguments; the environment wins over them.
-        return (env_settings, init_settings)
+        return (_Environment(settings_cls), init_settings)
 
     @field_validator("name")
     @classmethod
