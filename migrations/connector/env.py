@@ -1,49 +1,6 @@
-"""Alembic environment of the connector database.
+"""Alembic environment of the connector database (see migrations/environment.py)."""
 
-The URL comes from the caller (``tessera db upgrade``) or, when alembic is
-run by hand, from ``TESSERA_DATABASE_URL``.
-"""
+from connector.schema import metadata
+from migrations.environment import run
 
-from __future__ import annotations
-
-import os
-
-from alembic import context
-from sqlalchemy import create_engine, pool
-
-from connector.schema import metadata as target_metadata
-
-config = context.config
-
-
-def _database_url() -> str:
-    url = config.attributes.get("database_url") or os.environ.get("TESSERA_DATABASE_URL")
-    if not url:
-        raise SystemExit("set TESSERA_DATABASE_URL to the database to migrate")
-    return str(url).replace("postgresql://", "postgresql+psycopg://", 1)
-
-
-def run_migrations_offline() -> None:
-    context.configure(url=_database_url(), target_metadata=target_metadata, literal_binds=True)
-    with context.begin_transaction():
-        context.run_migrations()
-
-
-def run_migrations_online() -> None:
-    engine = create_engine(_database_url(), poolclass=pool.NullPool)
-    with engine.connect() as connection:
-        context.configure(
-            connection=connection,
-            target_metadata=target_metadata,
-            compare_type=True,
-            render_as_batch=connection.dialect.name == "sqlite",
-        )
-        with context.begin_transaction():
-            context.run_migrations()
-    engine.dispose()
-
-
-if context.is_offline_mode():
-    run_migrations_offline()
-else:
-    run_migrations_online()
+run(metadata)
