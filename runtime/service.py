@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -63,13 +63,31 @@ class ServiceCore:
         return cls(settings, engine, key, metrics, authenticator, client)
 
 
-def base_app(core: ServiceCore, *, title: str, services: list[dict[str, Any]]) -> FastAPI:
-    """A FastAPI app with the routes every participant serves."""
+BackgroundJob = Callable[[], Coroutine[Any, Any, None]]
+
+
+def base_app(
+    core: ServiceCore,
+    *,
+    title: str,
+    services: list[dict[str, Any]],
+    background: Sequence[BackgroundJob] = (),
+) -> FastAPI:
+    """A FastAPI app with the routes every participant serves.
+
+    Each ``background`` job runs as a task from start-up until shutdown, when it is cancelled.
+    """
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        yield
-        await core.peer_client.aclose()
+        tasks = [asyncio.create_task(job()) for job in background]
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await core.peer_client.aclose()
 
     app = FastAPI(title=title, version="2025-1", lifespan=lifespan)
     app.state.core = core
@@ -127,10 +145,17 @@ def serve(settings: ParticipantSettings, service: str, build_app: Callable[[Serv
     """Run one service in the foreground until interrupted."""
     configure_logging(settings.log_level, service=f"{service}:{settings.name}")
     log = get_logger("tessera.serve")
-    prepare_database(settings, service)
+    # Everything an operator can get wrong is checked before anything changes: the key
+    # and the port first, then the database is migrated.
     core = ServiceCore.create(settings)
-    app = build_app(core)
     sock = bind_socket(settings.host, settings.port)
+    try:
+        prepare_database(settings, service)
+    except BaseException:
+        sock.close()
+        core.engine.dispose()
+        raise
+    app = build_app(core)
     config = uvicorn.Config(app, log_config=None, access_log=False, proxy_headers=False, lifespan="on")
     server = uvicorn.Server(config)
     log.info("serving", did=settings.did, url=settings.public_url, database=_kind_of(settings))
