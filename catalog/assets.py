@@ -10,6 +10,7 @@ import json
 import time
 import uuid
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -38,7 +39,11 @@ class AssetRecord:
     private_properties: dict[str, Any]
     data_address: dict[str, Any]
     created_at: int
-    metadata: IndexedMetadata
+
+    @cached_property
+    def metadata(self) -> IndexedMetadata:
+        # Validated when the asset was accepted; read back only where it is shown.
+        return validate_metadata(self.properties)
 
 
 def now_millis() -> int:
@@ -106,10 +111,10 @@ def asset_from_expanded(
     _check_data_address(address)
     properties[ID_PROPERTY] = [{"@value": asset_id}]
     try:
-        metadata = validate_metadata(properties)
+        validate_metadata(properties)
     except MetadataError as exc:
         raise InvalidInputError(str(exc), exc.path, exc.invalid_value) from None
-    return AssetRecord(asset_id, properties, private, address, created_at or now_millis(), metadata)
+    return AssetRecord(asset_id, properties, private, address, created_at or now_millis())
 
 
 def _index_rows(record: AssetRecord) -> list[AssetProperty]:
@@ -152,7 +157,6 @@ def record_of(row: Asset) -> AssetRecord:
         private_properties=json.loads(row.private_properties),
         data_address=json.loads(row.data_address),
         created_at=row.created_at,
-        metadata=validate_metadata(properties),
     )
 
 
@@ -175,12 +179,7 @@ def replace_asset(session: Session, record: AssetRecord) -> AssetRecord:
     if existing is None:
         raise NotFoundError(f"Object of type Asset with ID={record.id} was not found")
     replacement = AssetRecord(
-        record.id,
-        record.properties,
-        record.private_properties,
-        record.data_address,
-        existing.created_at,
-        record.metadata,
+        record.id, record.properties, record.private_properties, record.data_address, existing.created_at
     )
     session.execute(delete(AssetProperty).where(AssetProperty.asset_id == record.id))  # type: ignore[arg-type]
     session.merge(_row(replacement))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import uuid
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import select
@@ -58,10 +59,17 @@ def policy_definition_from_expanded(
     return PolicyDefinitionRecord(definition_id, policy_node, policy, private, now_millis())
 
 
+@lru_cache(maxsize=4096)
+def _parsed(stored_policy: str) -> Policy:
+    # Policies are read on every catalog request; the parsed form is immutable, so
+    # one parse per distinct stored text serves all of them.
+    return _policy_from_node(json.loads(stored_policy))
+
+
 def _record(row: PolicyDefinition) -> PolicyDefinitionRecord:
     node = json.loads(row.policy)
     return PolicyDefinitionRecord(
-        row.id, node, _policy_from_node(node), json.loads(row.private_properties), row.created_at
+        row.id, node, _parsed(row.policy), json.loads(row.private_properties), row.created_at
     )
 
 

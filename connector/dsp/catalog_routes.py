@@ -11,6 +11,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from sqlmodel import Session
 
@@ -133,21 +134,24 @@ def catalog_router() -> APIRouter:
         criteria = _filter(message)
         offset, limit = _page_params(request)
         settings = service_core(request).settings
-        page = Offering(session, request_context(peer)).page(criteria, offset, limit)
-        catalog: dict[str, Any] = {
-            "@context": [DSPACE_CONTEXT_URL],
-            "@id": f"urn:tessera:catalog:{settings.did}",
-            "@type": "Catalog",
-            "participantId": settings.did,
-            "service": [data_service(settings.did, settings.dsp_url)],
-        }
-        if page.datasets:  # the schema wants no "dataset" rather than an empty one
-            catalog["dataset"] = [dataset_to_dsp(d, settings.did) for d in page.datasets]
-        headers = {}
-        link = _links(settings.dsp_url, offset, limit, page.has_more)
-        if link:
-            headers["Link"] = link
-        return JSONResponse(catalog, headers=headers)
+
+        def build() -> tuple[dict[str, Any], bool]:
+            # Database and policy work: off the event loop.
+            page = Offering(session, request_context(peer)).page(criteria, offset, limit)
+            catalog: dict[str, Any] = {
+                "@context": [DSPACE_CONTEXT_URL],
+                "@id": f"urn:tessera:catalog:{settings.did}",
+                "@type": "Catalog",
+                "participantId": settings.did,
+                "service": [data_service(settings.did, settings.dsp_url)],
+            }
+            if page.datasets:  # the schema wants no "dataset" rather than an empty one
+                catalog["dataset"] = [dataset_to_dsp(d, settings.did) for d in page.datasets]
+            return catalog, page.has_more
+
+        catalog, has_more = await run_in_threadpool(build)
+        link = _links(settings.dsp_url, offset, limit, has_more)
+        return JSONResponse(catalog, headers={"Link": link} if link else None)
 
     @router.get("/datasets/{dataset_id}")
     def dataset(
