@@ -16,7 +16,10 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from sqlalchemy import ColumnElement, Table, and_, exists, false, func, not_, or_, select
+from sqlalchemy import ColumnElement, String, Table, and_, exists, false, func, not_, or_, select
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.functions import FunctionElement
 from sqlmodel import SQLModel
 
 from catalog.jsonld import EDC_NS, first_value, values
@@ -256,11 +259,39 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+class _not_indexed(FunctionElement[str]):  # noqa: N801 - used like a SQL function
+    """A column, unchanged, that SQLite may not look up through an index (``+column``).
+
+    The property sub-queries are correlated on ``asset_id``: walking the few
+    rows of one asset is cheap. Without this, SQLite prefers the (key, value)
+    index (more equality terms), and a value many assets share, such as a
+    common keyword, costs a scan of all of them for every asset tested: 70 ms
+    instead of 0.3 ms for a 50-asset catalog page at 10,000 assets. Unary
+    ``+`` is SQLite's documented way to keep a term off an index; it changes
+    no value. Other databases get the plain column (PostgreSQL plans this
+    from its statistics).
+    """
+
+    name = "not_indexed"
+    type = String()
+    inherit_cache = True
+
+
+@compiles(_not_indexed)
+def _compile_not_indexed(element: _not_indexed, compiler: SQLCompiler, **kw: Any) -> str:
+    return compiler.process(element.clauses, **kw)
+
+
+@compiles(_not_indexed, "sqlite")
+def _compile_not_indexed_sqlite(element: _not_indexed, compiler: SQLCompiler, **kw: Any) -> str:
+    return "+" + compiler.process(element.clauses, **kw)
+
+
 def _property_condition(key: str, criterion: Criterion) -> Any:
     op, right = criterion.operator, criterion.right
 
     def has(*conditions: Any) -> Any:
-        return exists(select(P_ID).where(P_ASSET == A_ID, P_KEY == key, *conditions))
+        return exists(select(P_ID).where(P_ASSET == A_ID, _not_indexed(P_KEY) == key, *conditions))
 
     value = right[0]
     if op in ("=", "contains"):
@@ -331,8 +362,11 @@ def asset_order(spec: QuerySpec) -> list[Any]:
     if column is not None:
         return [direction(column), direction(A_ID)]
     key = asset_property_key(spec.sort_field)
+    number = select(func.min(P_NUMBER)).where(P_ASSET == A_ID, P_KEY == key).scalar_subquery()
     sort_value = select(func.min(P_VALUE)).where(P_ASSET == A_ID, P_KEY == key).scalar_subquery()
-    return [direction(sort_value), direction(A_ID)]
+    # Numbers in numeric order (as text, "120" < "9"); assets without the field last, in either
+    # direction and on either database (SQLite and PostgreSQL put NULLs at opposite ends).
+    return [direction(number).nulls_last(), direction(sort_value).nulls_last(), direction(A_ID)]
 
 
 @dataclass(frozen=True)
