@@ -20,6 +20,7 @@ from importlib import resources
 from typing import Any
 
 from pyld import jsonld
+from pyld.context_resolver import ContextResolver
 
 EDC_NS = "https://w3id.org/edc/v0.0.1/ns/"
 ODRL_NS = "http://www.w3.org/ns/odrl/2/"
@@ -34,7 +35,9 @@ ODRL_CONTEXT_URL = "http://www.w3.org/ns/odrl.jsonld"
 EDC_RESPONSE_CONTEXT: dict[str, str] = {"@vocab": EDC_NS, "edc": EDC_NS, "odrl": ODRL_NS}
 
 MAX_DEPTH = 32
-_REGISTERED_PREFIXES = ("edc:", "odrl:")
+# Prefixes clients write for the vocabularies Tessera reads; left undefined in a body's @context, JSON-LD
+# would keep "tessera:personal" as an IRI of its own and the checks on the real term would never see it.
+_REGISTERED_PREFIXES = ("edc:", "odrl:", "dct:", "dcat:", "tessera:")
 
 
 class JsonLdInputError(ValueError):
@@ -83,18 +86,50 @@ def document_loader(url: str, options: dict[str, Any] | None = None) -> dict[str
         "contentType": "application/ld+json",
         "contextUrl": None,
         "documentUrl": url,
-        "document": document,
+        # A copy: pyld edits an @import-ed context in place, which would change our vendored one.
+        "document": copy.deepcopy(document),
+    }
+
+
+class _UncachedContextResolver(ContextResolver):  # type: ignore[misc]  # pyld is untyped
+    """pyld's context resolver without its caches.
+
+    pyld edits a resolved context in place when another context ``@import``s
+    it (adding ``@propagate`` and the importer's terms). Cached, that edited
+    context is what the next use of the same context gets: a policy that
+    names the ODRL context inside EDC's management context failed with a
+    KeyError (HTTP 500), and the edit leaked into every later request.
+    """
+
+    def _get(self, key: str) -> Any:
+        return None
+
+    def _cache_resolved_context(self, key: str, resolved: Any, tag: Any) -> Any:
+        return resolved
+
+
+def jsonld_options() -> dict[str, Any]:
+    """pyld options for one operation: the offline loader and a resolver that shares nothing."""
+    return {
+        "documentLoader": document_loader,
+        "base": None,
+        "contextResolver": _UncachedContextResolver({}, document_loader),
     }
 
 
 def check_depth(value: Any, limit: int = MAX_DEPTH) -> None:
-    """Refuse documents nested deeper than ``limit`` (iteratively: no recursion to exhaust)."""
+    """Refuse documents nested deeper than ``limit`` (iteratively: no recursion to exhaust),
+    and text with NUL characters, which PostgreSQL cannot store (SQLite would: refuse on both)."""
     stack: list[tuple[Any, int]] = [(value, 0)]
     while stack:
         node, depth = stack.pop()
         if depth > limit:
             raise JsonLdInputError(f"the document is nested deeper than {limit} levels")
+        if isinstance(node, str) and "\x00" in node:
+            raise JsonLdInputError("text in the document contains a NUL character (\\u0000)")
         if isinstance(node, dict):
+            if any("\x00" in key for key in node):
+                raise JsonLdInputError("a key in the document contains a NUL character (\\u0000)")
             stack.extend((child, depth + 1) for child in node.values())
         elif isinstance(node, list):
             stack.extend((child, depth + 1) for child in node)
@@ -183,9 +218,9 @@ def expand_management_input(body: Any) -> dict[str, Any]:
     document["@context"] = _with_default_vocab(document.get("@context"))
     document = _prepare(document)
     try:
-        expanded = jsonld.expand(document, {"documentLoader": document_loader, "base": None})
+        expanded = jsonld.expand(document, jsonld_options())
     except jsonld.JsonLdError as exc:
-        raise JsonLdInputError(f"the body is not valid JSON-LD: {_jsonld_reason(exc)}") from None
+        raise JsonLdInputError(f"the body is not valid JSON-LD: {jsonld_reason(exc)}") from None
     if len(expanded) != 1 or not isinstance(expanded[0], dict):
         raise JsonLdInputError("the body must describe exactly one JSON-LD node")
     node: dict[str, Any] = expanded[0]
@@ -195,8 +230,12 @@ def expand_management_input(body: Any) -> dict[str, Any]:
     return node
 
 
-def _jsonld_reason(exc: BaseException) -> str:
-    message = str(getattr(exc, "message", "") or exc).splitlines()[0]
+def jsonld_reason(exc: BaseException) -> str:
+    """What went wrong, in one line. pyld wraps a refused context URL in generic errors
+    ("... perhaps due to a same-origin policy ..."): the innermost cause names the URL."""
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    message = str(exc.args[0] if exc.args else exc).splitlines()[0]
     return message[:300]
 
 

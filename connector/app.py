@@ -10,11 +10,14 @@ from fastapi.responses import JSONResponse
 from connector.discovery import discovery_router
 from connector.dsp.catalog_routes import catalog_router
 from connector.dsp.errors import DspError, dsp_error_body, dsp_error_response, error_type_for_path
+from connector.federated_crawler import FederatedCrawler
 from connector.management.assets import assets_router
 from connector.management.catalog import catalog_router as management_catalog_router
 from connector.management.contract_definitions import contract_definitions_router
 from connector.management.errors import install_management_error_handlers
+from connector.management.federated import federated_catalog_router
 from connector.management.policies import policies_router
+from connector.pages.routes import pages_router
 from connector.peers import peers_router
 from identity.did import dsp_services
 from runtime.service import ServiceCore, base_app
@@ -22,11 +25,15 @@ from runtime.service import ServiceCore, base_app
 
 def create_app(core: ServiceCore) -> FastAPI:
     settings = core.settings
+    interval = settings.catalog_crawl_interval_seconds
+    crawler = FederatedCrawler(core.engine, core.peer_client, interval)
     app = base_app(
         core,
         title=f"Tessera connector {settings.name}",
         services=dsp_services(settings.did, settings.public_url, settings.dsp_url),
+        background=[crawler.run] if interval > 0 else [],
     )
+    app.state.crawler = crawler
     install_management_error_handlers(app)
     install_dsp_error_handlers(app)
     app.include_router(discovery_router())
@@ -36,6 +43,8 @@ def create_app(core: ServiceCore) -> FastAPI:
     app.include_router(assets_router())
     app.include_router(policies_router())
     app.include_router(contract_definitions_router())
+    app.include_router(pages_router())
+    app.include_router(federated_catalog_router())
     return app
 
 

@@ -26,10 +26,13 @@ MAX_REMOTE_BYTES = 32 * 1024 * 1024
 class RemoteCatalogError(Exception):
     """The counter-party could not be asked, or answered with an error."""
 
-    def __init__(self, message: str, *, status: int = 502, remote_body: Any = None) -> None:
+    def __init__(
+        self, message: str, *, status: int = 502, remote_body: Any = None, remote_status: int | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.remote_body = remote_body
+        self.remote_status = remote_status  # the counter-party's HTTP status, when it answered
 
 
 class UnknownCounterPartyError(ValueError):
@@ -70,7 +73,10 @@ async def _call(
         except ValueError:
             remote = body[:500].decode(errors="replace")
         raise RemoteCatalogError(
-            f"{member.did} answered HTTP {response.status_code}", status=502, remote_body=remote
+            f"{member.did} answered HTTP {response.status_code}",
+            status=502,
+            remote_body=remote,
+            remote_status=response.status_code,
         )
     return RemoteResponse(response.status_code, body, response.headers.get("link"))
 

@@ -2,9 +2,27 @@
 
 from __future__ import annotations
 
-from catalog.models import Asset, AssetProperty, ContractDefinition, PolicyDefinition
+from catalog.models import (
+    Asset,
+    AssetProperty,
+    CachedDatasetRow,
+    ContractDefinition,
+    CrawlStatusRow,
+    PolicyDefinition,
+)
 from identity.replay import SeenToken
 from identity.trustlist import Member
 from runtime.schema import metadata_of
 
-metadata = metadata_of([Member, SeenToken, Asset, AssetProperty, PolicyDefinition, ContractDefinition])
+metadata = metadata_of(
+    [
+        Member,
+        SeenToken,
+        Asset,
+        AssetProperty,
+        PolicyDefinition,
+        ContractDefinition,
+        CachedDatasetRow,
+        CrawlStatusRow,
+    ]
+)

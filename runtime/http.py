@@ -106,10 +106,11 @@ def install_http_plumbing(app: FastAPI, metrics: Metrics) -> None:
             "reason": exc.reason,
             "error_description": exc.message,
         }
-        # A protocol can give refusals its own error shape (DSP: CatalogError, ...), keeping these fields.
+        # A protocol can give refusals its own error shape (DSP: CatalogError, ...), keeping these fields;
+        # where both name a member the protocol's wins (a DSP error's "reason" must be an array).
         shape: AuthErrorShape | None = getattr(request.app.state, "auth_error_shape", None)
         if shape is not None:
-            content = {**(shape(request.url.path, exc.message) or {}), **content}
+            content = {**content, **(shape(request.url.path, exc.message) or {})}
         return JSONResponse(
             status_code=401,
             content=content,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from fastapi import Request
@@ -42,7 +43,7 @@ async def read_json(
             return None
         raise BodyError(400, "the request needs a JSON body")
     try:
-        return json.loads(body, parse_constant=_refuse_constant)
+        return json.loads(body, parse_constant=_refuse_constant, parse_int=_int64, parse_float=_finite_float)
     except ValueError as exc:
         raise BodyError(400, f"the body is not valid JSON: {exc}") from None
     except RecursionError:
@@ -51,3 +52,19 @@ async def read_json(
 
 def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
+
+
+# Numbers no database column or JSON response can hold would fail later, as a 500 (1e400 is
+# stored as infinity, which no response can then serialise; 10**20 overflows SQLite's integers).
+def _int64(text: str) -> int:
+    value = int(text)
+    if not -(2**63) <= value < 2**63:
+        raise ValueError(f"the number {text[:30]} is out of range (at most 64-bit integers)")
+    return value
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {text[:30]} is out of range for a double")
+    return value

@@ -42,6 +42,8 @@ def test_wheel_contains_migrations_schemas_and_licences(tmp_path: Path) -> None:
         "catalog/reference/dsp-2025-1/context/dspace.jsonld",
         "catalog/reference/dsp-2025-1/transfer/transfer-error-schema.json",
         "connector/cli/__init__.py",
+        "connector/pages/templates/base.html",
+        "connector/pages/static/pages.css",
         "identity/tokens.py",
         "runtime/service.py",
     ):

@@ -11,6 +11,7 @@ import sys
 import click
 import typer
 
+from connector.cli.catalog_commands import assets_app, register_catalog_commands
 from connector.cli.dataspace import dataspace_app
 from connector.cli.participant import consent_app, db_app, register_participant_commands
 from identity.errors import IdentityError
@@ -27,6 +28,8 @@ register_participant_commands(app)
 app.add_typer(db_app, name="db")
 app.add_typer(dataspace_app, name="dataspace")
 app.add_typer(consent_app, name="consent")
+app.add_typer(assets_app, name="assets")
+register_catalog_commands(app)
 
 
 def main(argv: list[str] | None = None) -> int:

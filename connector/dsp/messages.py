@@ -13,7 +13,7 @@ from typing import Any
 
 from pyld import jsonld
 
-from catalog.jsonld import DSPACE_CONTEXT_URL, JsonLdInputError, check_depth, document_loader
+from catalog.jsonld import DSPACE_CONTEXT_URL, JsonLdInputError, check_depth, jsonld_options, jsonld_reason
 from connector.dsp import schemas
 
 EDC_DSPACE_CONTEXT_URL = "https://w3id.org/edc/dspace/v0.0.1"
@@ -44,15 +44,12 @@ def normalise(message: Any, expected_type: str, schema: str) -> dict[str, Any]:
     context = message.get("@context")
     if not _is_plain(context):
         try:
-            expanded = jsonld.expand(message, {"documentLoader": document_loader, "base": None})
-            message = jsonld.compact(
-                expanded,
-                {"@context": [DSPACE_CONTEXT_URL]},
-                {"documentLoader": document_loader, "base": None},
-            )
+            expanded = jsonld.expand(message, jsonld_options())
+            message = jsonld.compact(expanded, {"@context": [DSPACE_CONTEXT_URL]}, jsonld_options())
         except jsonld.JsonLdError as exc:
-            reason = str(getattr(exc, "message", exc)).splitlines()[0]
-            raise DspMessageError([f"the message is not JSON-LD Tessera can read: {reason}"]) from None
+            raise DspMessageError(
+                [f"the message is not JSON-LD Tessera can read: {jsonld_reason(exc)}"]
+            ) from None
         message["@context"] = [DSPACE_CONTEXT_URL]
     if message.get("@type") != expected_type:
         raise DspMessageError([f"expected a {expected_type}, not {message.get('@type')!r}"])

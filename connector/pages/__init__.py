@@ -1,0 +1,1 @@
+"""The operator pages (``/ui``): server-rendered, accessible HTML over the connector's own data."""
