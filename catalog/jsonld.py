@@ -22,12 +22,9 @@ from typing import Any
 from pyld import jsonld
 from pyld.context_resolver import ContextResolver
 
-EDC_NS = "https://w3id.org/edc/v0.0.1/ns/"
-ODRL_NS = "http://www.w3.org/ns/odrl/2/"
-DCT_NS = "http://purl.org/dc/terms/"
-DCAT_NS = "http://www.w3.org/ns/dcat#"
-TESSERA_NS = "https://w3id.org/tessera/v1/ns/"
-DSPACE_CONTEXT_URL = "https://w3id.org/dspace/2025/1/context.jsonld"
+from catalog.vocabulary import DCAT_NS, DCT_NS, DSPACE_CONTEXT_URL, EDC_NS, ODRL_NS, TESSERA_NS
+
+__all__ = ["DCAT_NS", "DCT_NS", "DSPACE_CONTEXT_URL", "EDC_NS", "ODRL_NS", "TESSERA_NS"]
 EDC_MANAGEMENT_CONTEXT_URL = "https://w3id.org/edc/connector/management/v0.0.1"
 ODRL_CONTEXT_URL = "http://www.w3.org/ns/odrl.jsonld"
 

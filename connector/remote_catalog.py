@@ -16,10 +16,10 @@ from sqlmodel import Session
 
 from catalog.jsonld import DSPACE_CONTEXT_URL
 from catalog.queryspec import QuerySpec
+from catalog.vocabulary import DSP_PROTOCOL as DSP_PROTOCOL  # re-exported for callers
 from identity.peer_client import PeerClient
 from identity.trustlist import MemberView, get_member
 
-DSP_PROTOCOL = "dataspace-protocol-http:2025-1"
 MAX_REMOTE_BYTES = 32 * 1024 * 1024
 
 

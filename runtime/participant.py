@@ -78,7 +78,7 @@ def init_participant(
     except ValidationError as exc:
         first = exc.errors()[0]
         option = str(first["loc"][0]).replace("_", "-")  # the CLI spells it --public-url
-        raise StartupError(f"--{option} is invalid: {first['msg']}") from None
+        raise StartupError(f"--{option} is invalid: {first['msg'].removeprefix('Value error, ')}") from None
 
     try:
         data_dir.parent.mkdir(parents=True, exist_ok=True)

@@ -137,7 +137,8 @@ def _describe(error: ValidationError, config_path: Path) -> str:
         return f"unknown setting '{field}' in {config_path}"
     if first["type"] == "missing":
         return f"setting '{field}' is missing (set it in {config_path} or TESSERA_{field.upper()})"
-    return f"setting '{field}' is invalid ({config_path} or TESSERA_{field.upper()}): {first['msg']}"
+    reason = first["msg"].removeprefix("Value error, ")
+    return f"setting '{field}' is invalid ({config_path} or TESSERA_{field.upper()}): {reason}"
 
 
 def load_settings(settings_cls: type[S], data_dir: Path) -> S:

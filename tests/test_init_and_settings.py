@@ -316,3 +316,10 @@ def test_serve_and_db_upgrade_with_a_database_that_does_not_answer(tmp_path: Pat
     # Python start-up included; what must not happen is waiting out connect timeouts or retrying.
     assert elapsed < 15, f"took {elapsed:.1f}s to report an unreachable database"
     assert not (data_dir / "tessera.db").exists()  # no SQLite fallback behind the operator's back
+
+
+def test_a_usage_error_prints_usage_not_a_traceback(tessera_cli) -> None:
+    result = tessera_cli("init", "--port", "8001")  # --name is missing
+    assert result.code == 2
+    assert "Missing option '--name'" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout

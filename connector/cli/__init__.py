@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import sys
 
-import click
 import typer
 
 from connector.cli.catalog_commands import assets_app, register_catalog_commands
@@ -33,20 +32,19 @@ register_catalog_commands(app)
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; the exit status is returned, never raised."""
     try:
-        result = app(args=argv, standalone_mode=False)
+        # Standalone mode: typer reports usage errors itself (usage line, exit 2) with
+        # whichever click it bundles; operator mistakes in commands arrive below.
+        app(args=argv, standalone_mode=True)
+    except SystemExit as exc:
+        if exc.code is None:
+            return 0
+        return exc.code if isinstance(exc.code, int) else 1
     except (StartupError, IdentityError) as exc:
         print(f"tessera: error: {exc}", file=sys.stderr)
         return 1
-    except click.exceptions.Abort:
-        print("tessera: aborted", file=sys.stderr)
-        return 130
-    except click.exceptions.ClickException as exc:
-        exc.show()
-        return exc.exit_code
-    except click.exceptions.Exit as exc:
-        return exc.exit_code
-    return result if isinstance(result, int) else 0
+    return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -16,11 +16,9 @@ from rich.console import Console
 from rich.table import Column, Table
 from rich.text import Text
 
-from catalog.jsonld import DCT_NS, EDC_NS, TESSERA_NS
+from catalog.vocabulary import DCT_NS, DSP_PROTOCOL, EDC_NS, TESSERA_NS
 from connector.cli.common import DirOption
 from connector.cli.management_client import ManagementClient
-from connector.federated_crawler import next_link
-from connector.remote_catalog import DSP_PROTOCOL
 from runtime.errors import StartupError
 
 console = Console()
@@ -149,6 +147,8 @@ def resolve_participant(members: list[dict[str, Any]], query: str) -> dict[str, 
 
 
 def _next_offset(link: str | None) -> int | None:
+    from connector.federated_crawler import next_link  # heavy: only where a catalog is paged
+
     target = next_link(link)
     if target is None:
         return None

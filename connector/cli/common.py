@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from sqlalchemy import Engine
 
-from runtime.database import make_engine
-from runtime.service import prepare_database
 from runtime.settings import ParticipantSettings, load_settings
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
 
 DirOption = Annotated[
     Path, typer.Option("--dir", help="The participant directory (holds tessera.toml).", show_default=".")
@@ -24,5 +24,8 @@ def participant_settings(data_dir: Path) -> ParticipantSettings:
 
 def open_database(settings: ParticipantSettings) -> Engine:
     """The participant's database, migrated to the newest schema first."""
+    from runtime.database import make_engine
+    from runtime.service import prepare_database
+
     prepare_database(settings, settings.kind)
     return make_engine(settings.resolved_database_url)

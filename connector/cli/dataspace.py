@@ -5,20 +5,21 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-import httpx
 import typer
 from rich.console import Console
 from rich.table import Column, Table
-from sqlmodel import Session
 
 from connector.cli.common import DirOption, open_database, participant_settings
 from identity.errors import DidError, KeyFileError
-from identity.keys import load_private_key
-from identity.peer_client import PeerClient, fetch_did_document
-from identity.trustlist import add_member, add_member_from_document, get_member, list_members, remove_member
 from runtime.errors import StartupError
+
+if TYPE_CHECKING:
+    import httpx
+
+# Database, HTTP and key imports happen inside the commands: `tessera --help` and every
+# other command stay quick to start.
 
 console = Console()
 dataspace_app = typer.Typer(help="Members of the data space this participant trusts.", no_args_is_help=True)
@@ -53,6 +54,11 @@ def add(
     ] = None,
 ) -> None:
     """Add (or update) a member, from --did/--url/--key or from --did-document."""
+    from sqlmodel import Session
+
+    from identity.peer_client import fetch_did_document
+    from identity.trustlist import add_member, add_member_from_document
+
     settings = participant_settings(data_dir)
     if did_document is not None:
         if did or url or key:
@@ -80,6 +86,10 @@ def list_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """List the members this participant trusts."""
+    from sqlmodel import Session
+
+    from identity.trustlist import list_members
+
     engine = open_database(participant_settings(data_dir))
     with Session(engine) as session:
         members = list_members(session)
@@ -125,6 +135,10 @@ def remove(
     data_dir: DirOption = Path("."),
 ) -> None:
     """Remove a member: its requests are refused from now on."""
+    from sqlmodel import Session
+
+    from identity.trustlist import remove_member
+
     engine = open_database(participant_settings(data_dir))
     with Session(engine) as session:
         removed = remove_member(session, did)
@@ -140,6 +154,13 @@ def ping(
     data_dir: DirOption = Path("."),
 ) -> None:
     """Call a member with an authenticated request and show who it sees calling."""
+    import httpx
+    from sqlmodel import Session
+
+    from identity.keys import load_private_key
+    from identity.peer_client import PeerClient
+    from identity.trustlist import get_member
+
     settings = participant_settings(data_dir)
     engine = open_database(settings)
     with Session(engine) as session:

@@ -10,8 +10,6 @@ from rich.console import Console
 
 from connector.cli.common import DirOption, participant_settings
 from runtime.errors import StartupError
-from runtime.participant import init_participant
-from runtime.service import prepare_database, serve
 
 console = Console()
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
@@ -19,6 +17,8 @@ consent_app = typer.Typer(help="The citizen consent service.", no_args_is_help=T
 
 
 def _init(data_dir: Path, name: str, port: int, public_url: str | None, host: str, kind: str) -> None:
+    from runtime.participant import init_participant
+
     created = init_participant(data_dir, name, port, kind=kind, host=host, public_url=public_url)
     console.print(f"Created {kind} [bold]{name}[/bold] in {created.data_dir}")
     console.print(f"  DID:        {created.did}")
@@ -73,6 +73,7 @@ def register_participant_commands(app: typer.Typer) -> None:
 def _serve_connector(data_dir: Path) -> None:
     from connector.app import create_app
     from connector.settings import load_connector_settings
+    from runtime.service import serve
 
     serve(load_connector_settings(data_dir), "connector", create_app)
 
@@ -80,6 +81,7 @@ def _serve_connector(data_dir: Path) -> None:
 def _serve_consent(data_dir: Path) -> None:
     from consent.app import create_app
     from consent.settings import load_consent_settings
+    from runtime.service import serve
 
     serve(load_consent_settings(data_dir), "consent", create_app)
 
@@ -87,6 +89,8 @@ def _serve_consent(data_dir: Path) -> None:
 @db_app.command("upgrade")
 def db_upgrade(data_dir: DirOption = Path(".")) -> None:
     """Apply every pending migration to the participant's database."""
+    from runtime.service import prepare_database
+
     settings = participant_settings(data_dir)
     prepare_database(settings, settings.kind)
     console.print(f"{settings.name}: database schema is up to date")
