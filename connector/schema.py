@@ -10,6 +10,7 @@ from catalog.models import (
     CrawlStatusRow,
     PolicyDefinition,
 )
+from contracts.models import AgreementRow, CasbinRuleRow, NegotiationRow, PolicyEngineVersionRow
 from identity.replay import SeenToken
 from identity.trustlist import Member
 from runtime.schema import metadata_of
@@ -24,5 +25,9 @@ metadata = metadata_of(
         ContractDefinition,
         CachedDatasetRow,
         CrawlStatusRow,
+        NegotiationRow,
+        AgreementRow,
+        CasbinRuleRow,
+        PolicyEngineVersionRow,
     ]
 )
