@@ -10,13 +10,16 @@ from fastapi.responses import JSONResponse
 from connector.discovery import discovery_router
 from connector.dsp.catalog_routes import catalog_router
 from connector.dsp.errors import DspError, dsp_error_body, dsp_error_response, error_type_for_path
+from connector.dsp.negotiation_routes import negotiation_router
 from connector.federated_crawler import FederatedCrawler
 from connector.management.assets import assets_router
 from connector.management.catalog import catalog_router as management_catalog_router
 from connector.management.contract_definitions import contract_definitions_router
 from connector.management.errors import install_management_error_handlers
 from connector.management.federated import federated_catalog_router
+from connector.management.negotiations import negotiations_router
 from connector.management.policies import policies_router
+from connector.negotiation_worker import NegotiationWorker
 from connector.pages.routes import pages_router
 from connector.peers import peers_router
 from identity.did import dsp_services
@@ -27,24 +30,28 @@ def create_app(core: ServiceCore) -> FastAPI:
     settings = core.settings
     interval = settings.catalog_crawl_interval_seconds
     crawler = FederatedCrawler(core.engine, core.peer_client, interval)
+    worker = NegotiationWorker(core)
     app = base_app(
         core,
         title=f"Tessera connector {settings.name}",
         services=dsp_services(settings.did, settings.public_url, settings.dsp_url),
-        background=[crawler.run] if interval > 0 else [],
+        background=[worker.run, *([crawler.run] if interval > 0 else [])],
     )
     app.state.crawler = crawler
+    app.state.negotiation_worker = worker
     install_management_error_handlers(app)
     install_dsp_error_handlers(app)
     app.include_router(discovery_router())
     app.include_router(peers_router())
     app.include_router(catalog_router())
+    app.include_router(negotiation_router())
     app.include_router(management_catalog_router())
     app.include_router(assets_router())
     app.include_router(policies_router())
     app.include_router(contract_definitions_router())
     app.include_router(pages_router())
     app.include_router(federated_catalog_router())
+    app.include_router(negotiations_router())
     return app
 
 

@@ -21,6 +21,7 @@ import httpx
 from rich.console import Console
 from sqlmodel import Session
 
+from connector import demo_negotiate
 from connector.demo_seed import MEMBERSHIPS, seed, visible_datasets
 from identity.trustlist import add_member
 from runtime.database import make_engine
@@ -184,6 +185,34 @@ def _publish(all_settings: list[ParticipantSettings]) -> None:
                 )
 
 
+def _negotiate(all_settings: list[ParticipantSettings]) -> None:
+    """Transit agrees on bike-counts automatically; city on card-trips with transit's manual approval."""
+    by_name = {s.name: s for s in all_settings}
+    city, transit = by_name["city"], by_name["transit"]
+    print("\nContract negotiations:", flush=True)
+    for consumer, provider, dataset, manual in (
+        (transit, city, "bike-counts", False),
+        (city, transit, "card-trips", True),
+    ):
+        existing = demo_negotiate.negotiated_already(consumer, provider, dataset)
+        if existing:
+            print(
+                f"  {consumer.name} already holds agreement {existing} for {provider.name}'s {dataset}",
+                flush=True,
+            )
+            continue
+        negotiation = demo_negotiate.start(consumer, provider, dataset)
+        if manual:
+            demo_negotiate.approve_as_provider(provider, consumer, dataset)
+            how = f"{provider.name}'s operator approved it by hand"
+        else:
+            how = f"{provider.name} agreed automatically"
+        agreement = demo_negotiate.finish(consumer, negotiation)
+        signed = " and ".join(agreement.get("signedBy", [])) or "nobody"
+        print(f"  {consumer.name} <- {provider.name}'s {dataset}: FINALIZED ({how}); agreement {agreement['@id']} "
+              f"signed by {signed}", flush=True)  # fmt: skip
+
+
 def _print_summary(all_settings: list[ParticipantSettings], root: Path) -> None:
     lines = ["", "Tessera demo data space is running:", ""]
     for settings in all_settings:
@@ -221,6 +250,7 @@ def run_demo(root: Path, base_port: int = 8001) -> None:
             processes[settings.name] = _start(settings)
         _wait_healthy(processes, {s.name: s.public_url for s in all_settings})
         _publish(all_settings)
+        _negotiate(all_settings)
         _print_summary(all_settings, root)
         while True:
             for name, (process, log_path) in processes.items():

@@ -80,6 +80,8 @@ def configure_logging(level: str = "info", service: str | None = None) -> None:
     root.setLevel(numeric)
     for noisy in ("uvicorn.access",):  # replaced by our own access log line
         logging.getLogger(noisy).disabled = True
+    # httpx logs every outgoing request at INFO with its full URL; our own log lines say what matters.
+    logging.getLogger("httpx").setLevel(max(numeric, logging.WARNING))
 
 
 def get_logger(name: str | None = None) -> Any:

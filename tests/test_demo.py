@@ -120,6 +120,12 @@ def test_demo_runs_four_participants_and_stops_cleanly(tmp_path: Path, tessera_c
             ("transit", "utility"): "(nothing)",
         }
 
+        # Transit agrees on bike-counts automatically; the city on card-trips with transit's manual approval.
+        assert re.search(r"transit <- city's bike-counts: FINALIZED \(city agreed automatically\); "
+                         r"agreement \S+ signed by provider and consumer", output)  # fmt: skip
+        assert re.search(r"city <- transit's card-trips: FINALIZED \(transit's operator approved it by hand\); "
+                         r"agreement \S+ signed by provider and consumer", output)  # fmt: skip
+
         # Everyone trusts everyone else: an authenticated call works between any two.
         for name in NAMES:
             result: CliResult = tessera_cli("dataspace", "list", "--json", "--dir", str(root / name))
@@ -147,6 +153,7 @@ def test_demo_runs_four_participants_and_stops_cleanly(tmp_path: Path, tessera_c
         output = _read_until_ready(process)
         assert "created connector" not in output
         assert "bike-counts (kept)" in output  # published once, found in place the second time
+        assert "transit already holds agreement" in output  # negotiated once
         assert {name: (root / name / "keys" / "public-key.jwk").read_text() for name in NAMES} == dids_before
         # Killed outright (no chance to clean up), the demo still takes its participants with it.
         process.kill()

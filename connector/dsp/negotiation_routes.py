@@ -1,0 +1,189 @@
+"""DSP 2025-1 contract negotiation endpoints, both roles.
+
+Provider endpoints and consumer callbacks share paths (``/negotiations/{pid}/events``
+serves both); the pid says which of our negotiations, and so which role, a
+message is for. A pid that is unknown or belongs to another counter-party is
+a 404; a message the state machine does not allow now is a 409; either way
+nothing changes. Every message is validated against the DSP schemas.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, Response
+from sqlmodel import Session
+from starlette.background import BackgroundTask
+
+from connector.dsp import negotiation_messages as wire
+from connector.dsp.errors import DspError
+from connector.dsp.messages import DspMessageError, normalise
+from connector.negotiations import (
+    NegotiationError,
+    address_is_under,
+    find_by_pid,
+    new_pid,
+    now_ms,
+    provider_receive_initial_request,
+    receive,
+)
+from contracts.models import NegotiationRow
+from contracts.negotiation import Message, Role, transition
+from identity.peer_auth import Peer, authenticated_peer
+from runtime.dependencies import db_session, service_core
+from runtime.requests import BodyError, read_json
+from runtime.settings import DSP_PATH
+
+MAX_MESSAGE_BYTES = 256 * 1024
+ERROR_TYPE = "ContractNegotiationError"
+
+
+def _error(
+    status: int, reason: str, provider_pid: str | None = None, consumer_pid: str | None = None
+) -> DspError:
+    # The error schema requires both pids; where one is not known, say so rather than leave it out.
+    return DspError(
+        status,
+        ERROR_TYPE,
+        [reason],
+        providerPid=provider_pid or "unknown",
+        consumerPid=consumer_pid or "unknown",
+    )
+
+
+async def _message(request: Request, kinds: tuple[Message, ...]) -> tuple[Message, dict[str, Any]]:
+    try:
+        body = await read_json(request, max_bytes=MAX_MESSAGE_BYTES)
+    except BodyError as exc:
+        raise _error(exc.status, exc.message) from None
+    pids = body if isinstance(body, dict) else {}
+    problems: list[str] = []
+    for kind in kinds:
+        try:
+            message = normalise(body, wire.DSP_TYPE_OF[kind], wire.SCHEMA_OF[kind])
+        except DspMessageError as exc:
+            problems = exc.reasons
+            continue
+        if wire.incoming_kind(message) is kind:
+            return kind, message
+        problems = [f"eventType {message.get('eventType')!r} is not expected here"]
+    raise _error(400, "; ".join(problems[:5]), pids.get("providerPid"), pids.get("consumerPid"))
+
+
+def _kick(request: Request, row: NegotiationRow) -> BackgroundTask | None:
+    """After the answer is sent, deliver the message this step queued (if any)."""
+    if row.pending_message is None:
+        return None
+    worker = request.app.state.negotiation_worker
+    return BackgroundTask(worker.kick, row.id)
+
+
+def _state_object(row: NegotiationRow) -> dict[str, Any]:
+    return wire.negotiation_object(row.provider_pid or "", row.consumer_pid or "", row.state)
+
+
+def negotiation_router() -> APIRouter:
+    router = APIRouter(prefix=f"{DSP_PATH}/negotiations", tags=["dsp negotiation"])
+
+    def handle(kinds: tuple[Message, ...]) -> Callable[..., Any]:
+        async def endpoint(
+            pid: str,
+            request: Request,
+            peer: Peer = Depends(authenticated_peer),
+            session: Session = Depends(db_session),
+        ) -> Response:
+            kind, message = await _message(request, kinds)
+            core = service_core(request)
+
+            def apply() -> NegotiationRow:
+                row = find_by_pid(session, pid, peer.did)
+                if (message.get("providerPid"), message.get("consumerPid")) != (
+                    row.provider_pid,
+                    row.consumer_pid,
+                ):
+                    raise NegotiationError(
+                        400, "the message's providerPid and consumerPid do not match this negotiation", row
+                    )
+                receive(session, core, row, kind, message)
+                return row
+
+            try:
+                row = await run_in_threadpool(apply)
+            except NegotiationError as exc:
+                session.rollback()
+                raise _error(
+                    exc.status, exc.reason, message.get("providerPid"), message.get("consumerPid")
+                ) from None
+            return Response(status_code=200, background=_kick(request, row))
+
+        return endpoint
+
+    @router.post("/request", status_code=201)
+    async def initial_request(
+        request: Request, peer: Peer = Depends(authenticated_peer), session: Session = Depends(db_session)
+    ) -> JSONResponse:
+        _, message = await _message(request, (Message.REQUEST,))
+        if "providerPid" in message:
+            raise _error(400, "an initial request has no providerPid; send it to /negotiations/{providerPid}/request",
+                         message.get("providerPid"), message.get("consumerPid"))  # fmt: skip
+        core = service_core(request)
+        try:
+            row = await run_in_threadpool(provider_receive_initial_request, session, core, peer, message)
+        except NegotiationError as exc:
+            session.rollback()
+            raise _error(exc.status, exc.reason, None, message.get("consumerPid")) from None
+        return JSONResponse(_state_object(row), status_code=201, background=_kick(request, row))
+
+    @router.post("/offers", status_code=201)
+    async def initial_offer(
+        request: Request, peer: Peer = Depends(authenticated_peer), session: Session = Depends(db_session)
+    ) -> JSONResponse:
+        """A provider starts a negotiation with an offer: it waits for our operator."""
+        _, message = await _message(request, (Message.OFFER,))
+        callback = message.get("callbackAddress")
+        provider_pid = message["providerPid"]
+        if not isinstance(callback, str) or not address_is_under(callback, peer.dsp_url):
+            raise _error(
+                400, f"callbackAddress {callback!r} is not under your registered DSP address", provider_pid
+            )
+        offer = message["offer"]
+        row = NegotiationRow(
+            id=str(uuid.uuid4()),
+            role=Role.CONSUMER.value,
+            provider_pid=provider_pid,
+            consumer_pid=new_pid(),
+            counter_party_did=peer.did,
+            counter_party_address=callback.rstrip("/"),
+            state=transition(None, Message.OFFER, Role.PROVIDER).value,
+            asset_id=offer.get("target"),
+            offer=json.dumps(offer),
+            approval="manual",
+            created_at=now_ms(),
+            updated_at=now_ms(),
+        )
+        session.add(row)
+        await run_in_threadpool(session.commit)
+        return JSONResponse(_state_object(row), status_code=201)
+
+    @router.get("/{pid}")
+    def state(
+        pid: str, peer: Peer = Depends(authenticated_peer), session: Session = Depends(db_session)
+    ) -> JSONResponse:
+        try:
+            row = find_by_pid(session, pid, peer.did)
+        except NegotiationError as exc:
+            raise _error(exc.status, exc.reason) from None
+        return JSONResponse(_state_object(row))
+
+    router.add_api_route("/{pid}/request", handle((Message.REQUEST,)), methods=["POST"])
+    router.add_api_route("/{pid}/events", handle((Message.ACCEPTED, Message.FINALIZED)), methods=["POST"])
+    router.add_api_route("/{pid}/agreement/verification", handle((Message.VERIFICATION,)), methods=["POST"])
+    router.add_api_route("/{pid}/termination", handle((Message.TERMINATION,)), methods=["POST"])
+    router.add_api_route("/{pid}/offers", handle((Message.OFFER,)), methods=["POST"])
+    router.add_api_route("/{pid}/agreement", handle((Message.AGREEMENT,)), methods=["POST"])
+    return router

@@ -1,0 +1,175 @@
+"""Delivering negotiation messages: the outbox worker.
+
+Each negotiation has at most one pending message. A worker takes a lease on
+the row (one UPDATE that succeeds only when no other replica holds an
+unexpired lease), sends the message with a peer token, and on success lets
+the state machine move. A failure is retried with exponential backoff; after
+``MAX_ATTEMPTS`` the negotiation is TERMINATED with the real reason. A
+refusal (4xx) from the counter-party is final at once. Nothing lives only in
+memory: a restarted connector picks up where it stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from typing import Any
+
+import httpx
+from fastapi.concurrency import run_in_threadpool
+from sqlalchemy import or_, select, update
+from sqlmodel import Session
+
+from catalog.queryspec import table_of
+from connector.negotiations import Pending, delivered, now_ms, undeliverable
+from contracts.models import NegotiationRow
+from runtime.logging import get_logger
+from runtime.service import ServiceCore
+
+_TABLE = table_of(NegotiationRow)
+_N = _TABLE.c
+MAX_ATTEMPTS = 8
+BASE_DELAY_MS = 500
+MAX_DELAY_MS = 30_000
+LEASE_MS = 30_000
+POLL_SECONDS = 0.5
+BATCH = 20
+
+log = get_logger("tessera.negotiation")
+
+
+def backoff_ms(attempts: int) -> int:
+    return int(min(MAX_DELAY_MS, BASE_DELAY_MS * 2 ** max(0, attempts - 1)))
+
+
+class NegotiationWorker:
+    def __init__(self, core: ServiceCore, *, owner: str | None = None) -> None:
+        self._core = core
+        self.owner = owner or uuid.uuid4().hex[:16]
+        self._wake = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # ---- leases
+
+    def _lease(self, negotiation_id: str) -> bool:
+        now = now_ms()
+        statement = (
+            update(_TABLE)
+            .where(
+                _N.id == negotiation_id,
+                or_(
+                    _N.lease_until.is_(None),
+                    _N.lease_until < now,
+                    _N.lease_owner == self.owner,
+                ),
+            )
+            .values(lease_owner=self.owner, lease_until=now + LEASE_MS)
+        )
+        with self._core.engine.begin() as connection:
+            return bool(connection.execute(statement).rowcount)
+
+    def _release(self, negotiation_id: str) -> None:
+        statement = (
+            update(_TABLE)
+            .where(_N.id == negotiation_id, _N.lease_owner == self.owner)
+            .values(lease_owner=None, lease_until=None)
+        )
+        with self._core.engine.begin() as connection:
+            connection.execute(statement)
+
+    def _due(self) -> list[str]:
+        now = now_ms()
+        statement = (
+            select(_N.id)
+            .where(
+                _N.pending_message.is_not(None),
+                _N.next_attempt_at <= now,
+                or_(_N.lease_until.is_(None), _N.lease_until < now),
+            )
+            .order_by(_N.next_attempt_at)
+            .limit(BATCH)
+        )
+        with Session(self._core.engine) as session:
+            return list(session.scalars(statement))
+
+    # ---- delivery
+
+    async def kick(self, negotiation_id: str) -> None:
+        """Deliver this negotiation's message now (run after the HTTP answer has been sent)."""
+        task = asyncio.create_task(self.deliver(negotiation_id))
+        self._tasks.add(task)  # keep a reference until it is done (the loop holds only weak ones)
+        task.add_done_callback(self._tasks.discard)
+
+    async def deliver(self, negotiation_id: str) -> None:
+        if not await run_in_threadpool(self._lease, negotiation_id):
+            return  # another replica (or task) is on it
+        try:
+            await self._deliver_leased(negotiation_id)
+        except Exception:  # never let one negotiation stop the worker; it is retried by the poll
+            log.exception("negotiation delivery failed", negotiation=negotiation_id)
+        finally:
+            await run_in_threadpool(self._release, negotiation_id)
+
+    async def _deliver_leased(self, negotiation_id: str) -> None:
+        with Session(self._core.engine) as session:
+            row = await run_in_threadpool(session.get, NegotiationRow, negotiation_id)
+            if row is None or row.pending_message is None:
+                return
+            pending = Pending.from_json(row.pending_message)
+            error, final, answer = await self._send(row.counter_party_did, pending)
+            if error is None:
+                await run_in_threadpool(delivered, session, row, pending, answer)
+                log.info(
+                    "negotiation message delivered",
+                    negotiation=row.id,
+                    message=pending.message.value,
+                    state=row.state,
+                )
+                return
+            row.attempts += 1
+            if final or row.attempts >= MAX_ATTEMPTS:
+                why = error if final else f"{error} (gave up after {row.attempts} attempts)"
+                reason = f"could not deliver {pending.message.value} to {row.counter_party_did}: {why}"
+                await run_in_threadpool(undeliverable, session, row, reason)
+                log.warning("negotiation terminated", negotiation=row.id, reason=reason)
+                return
+            row.next_attempt_at = now_ms() + backoff_ms(row.attempts)
+            row.error_detail = f"retrying {pending.message.value}: {error}"
+            session.add(row)
+            await run_in_threadpool(session.commit)
+            log.info(
+                "negotiation message will be retried", negotiation=row.id, attempts=row.attempts, error=error
+            )
+
+    async def _send(self, audience: str, pending: Pending) -> tuple[str | None, bool, dict[str, Any] | None]:
+        """(error or None, whether the error is final, the JSON answer)."""
+        try:
+            response = await self._core.peer_client.request(audience, "POST", pending.url, json=pending.body)
+        except httpx.HTTPError as exc:
+            return f"{type(exc).__name__}: {exc}", False, None
+        if response.status_code in (200, 201, 202, 204):
+            try:
+                answer = response.json() if response.content else None
+            except ValueError:
+                answer = None
+            return None, False, answer if isinstance(answer, dict) else None
+        detail = response.text[:500]
+        final = 400 <= response.status_code < 500 and response.status_code not in (408, 429)
+        return f"HTTP {response.status_code} {detail}", final, None
+
+    # ---- the loop
+
+    async def run(self) -> None:
+        """Poll for due messages until cancelled."""
+        while True:
+            try:
+                for negotiation_id in await run_in_threadpool(self._due):
+                    await self.deliver(negotiation_id)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("negotiation worker poll failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=POLL_SECONDS)
+            self._wake.clear()

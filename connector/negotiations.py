@@ -1,0 +1,626 @@
+"""Contract negotiation, both roles: what happens when a message arrives or an operator acts.
+
+The protocol routes and the Management API call these functions; they never
+send anything themselves. A step that needs a message to the counter-party
+puts it in the negotiation's outbox (one pending message, see
+``contracts.models.NegotiationRow``) and the delivery worker sends it; the
+state changes when the counter-party has accepted the message. So the answer
+to a request always goes out before any callback, and a restart loses
+nothing: the outbox is a column.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+from sqlalchemy import or_, select
+from sqlmodel import Session
+
+from catalog.contract_definitions import get_contract_definition
+from catalog.models import Asset
+from catalog.queryspec import A_ID, selector_condition, table_of
+from connector.dsp import negotiation_messages as wire
+from contracts.agreements import (
+    AgreementRecord,
+    agreement_for_negotiation,
+    get_agreement,
+    set_consumer_signature,
+    store_agreement,
+)
+from contracts.models import NegotiationRow
+from contracts.negotiation import TERMINAL, Message, Role, State, TransitionError, transition
+from contracts.offers import parse_offer_id, policy_fingerprint
+from contracts.signing import SignatureError, sign_agreement, verify_agreement_signature
+from identity.did import KEY_FRAGMENT
+from identity.peer_auth import Peer
+from identity.trustlist import get_member
+from policies.decision import Decision, RequestContext, decide
+from policies.definitions import get_policy_definition
+from policies.dsp_form import offer_to_dsp
+from runtime.service import ServiceCore
+
+# Set far enough ahead that only the explicit kick after the HTTP answer sends a message queued
+# while answering; the poll loop is the fallback (and the retry path).
+KICK_GRACE_MS = 1000
+_N = table_of(NegotiationRow).c
+
+
+class NegotiationError(Exception):
+    """A message or action was refused; nothing changed. ``status`` is the HTTP status to answer."""
+
+    def __init__(self, status: int, reason: str, row: NegotiationRow | None = None) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+        self.row = row
+
+
+@dataclass(frozen=True)
+class Pending:
+    """A message in the outbox."""
+
+    message: Message
+    url: str
+    body: dict[str, Any]
+    agreement: dict[str, Any] | None = None  # the agreement to record once an AGREEMENT is delivered
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {"message": self.message.value, "url": self.url, "body": self.body, "agreement": self.agreement}
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> Pending:
+        data = json.loads(text)
+        return cls(Message(data["message"]), data["url"], data["body"], data.get("agreement"))
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def new_pid() -> str:
+    return f"urn:uuid:{uuid.uuid4()}"
+
+
+def address_is_under(url: str, base: str) -> bool:
+    """Is ``url`` the counter-party's registered address or below it (same origin, path prefix)?"""
+    a, b = urlsplit(url), urlsplit(base)
+    if (a.scheme, a.hostname, a.port) != (b.scheme, b.hostname, b.port) or a.query or a.fragment:
+        return False
+    base_path = b.path.rstrip("/")
+    return a.path.rstrip("/") == base_path or a.path.startswith(base_path + "/")
+
+
+def _role(row: NegotiationRow) -> Role:
+    return Role(row.role)
+
+
+# Our consumer-side state before the provider has acknowledged the first request (DSP has no name
+# for it; EDC calls it INITIAL too). The state machine sees it as "no negotiation yet".
+INITIAL = "INITIAL"
+
+
+def _state(row: NegotiationRow) -> State | None:
+    return None if row.state == INITIAL else State(row.state)
+
+
+def _peer_address(row: NegotiationRow) -> str:
+    return row.counter_party_address.rstrip("/")
+
+
+# ---------------------------------------------------------------- lookups
+
+
+def find_by_pid(session: Session, pid: str, counter_party: str) -> NegotiationRow:
+    """The negotiation whose pid on OUR side is ``pid``, with this counter-party; else 404."""
+    statement = select(NegotiationRow).where(
+        or_(
+            (_N.role == Role.PROVIDER.value) & (_N.provider_pid == pid),
+            (_N.role == Role.CONSUMER.value) & (_N.consumer_pid == pid),
+        )
+    )
+    for row in session.scalars(statement):
+        if row.counter_party_did == counter_party:
+            return row
+    raise NegotiationError(404, f"no negotiation {pid} with you")
+
+
+def get_negotiation(session: Session, negotiation_id: str) -> NegotiationRow | None:
+    return session.get(NegotiationRow, negotiation_id)
+
+
+# ---------------------------------------------------------------- state changes
+
+
+def _touch(row: NegotiationRow) -> None:
+    row.updated_at = now_ms()
+
+
+def _enqueue(row: NegotiationRow, pending: Pending) -> None:
+    if row.pending_message is not None:
+        current = Pending.from_json(row.pending_message).message.value
+        raise NegotiationError(409, f"a {current} is still being delivered; try again when it is", row)
+    transition(_state(row), pending.message, _role(row))  # refuse now what the counter-party would refuse
+    row.pending_message = pending.to_json()
+    row.attempts = 0
+    row.next_attempt_at = now_ms() + KICK_GRACE_MS
+    _touch(row)
+
+
+def _receive(row: NegotiationRow, message: Message) -> State:
+    """Apply a message from the counter-party to our state (or refuse it, changing nothing)."""
+    try:
+        after = transition(_state(row), message, _role(row).other)
+    except TransitionError as exc:
+        raise NegotiationError(409, str(exc), row) from None
+    row.state = after.value
+    _touch(row)
+    return after
+
+
+def _terminate_locally(row: NegotiationRow, reason: str) -> None:
+    row.state = State.TERMINATED.value
+    row.error_detail = reason[:4000]
+    row.pending_message = None
+    row.next_attempt_at = None
+    _touch(row)
+
+
+def delivered(
+    session: Session, row: NegotiationRow, pending: Pending, response: dict[str, Any] | None
+) -> None:
+    """The counter-party accepted our message: now our state moves."""
+    after = transition(_state(row), pending.message, _role(row))
+    if pending.message is Message.AGREEMENT and pending.agreement is not None:
+        # Recorded first, in its own commit: if we stop before the row below is saved, the retry finds
+        # the agreement already stored and only the row moves on.
+        agreement = pending.agreement
+        if get_agreement(session, agreement["@id"]) is None:
+            store_agreement(
+                session,
+                AgreementRecord(
+                    id=agreement["@id"],
+                    negotiation_id=row.id,
+                    provider_did=agreement["assigner"],
+                    consumer_did=agreement["assignee"],
+                    asset_id=agreement["target"],
+                    agreement=agreement,
+                    signed_at=now_ms(),
+                    provider_signature=pending.body.get(wire.SIGNATURE_MEMBER),
+                    consumer_signature=None,
+                ),
+            )
+        row.agreement_id = agreement["@id"]
+    row.state = after.value
+    if pending.message is Message.REQUEST and response is not None and row.provider_pid is None:
+        provider_pid = response.get("providerPid")
+        if isinstance(provider_pid, str) and provider_pid:
+            row.provider_pid = provider_pid
+    row.pending_message = None
+    row.next_attempt_at = None
+    row.attempts = 0
+    _touch(row)
+    session.add(row)
+    session.commit()
+
+
+def undeliverable(session: Session, row: NegotiationRow, reason: str) -> None:
+    _terminate_locally(row, reason)
+    session.add(row)
+    session.commit()
+
+
+# ---------------------------------------------------------------- the provider's side
+
+
+def _request_context(session: Session, did: str) -> RequestContext:
+    member = get_member(session, did)
+    return RequestContext(participant_id=did, memberships=frozenset(member.memberships if member else ()))
+
+
+def _policy_decision(session: Session, policy_id: str, context: RequestContext) -> Decision:
+    record = get_policy_definition(session, policy_id)
+    if record is None:
+        return Decision(False, (f"policy definition {policy_id} does not exist",))
+    return decide(record.policy, context)
+
+
+@dataclass(frozen=True)
+class ResolvedOffer:
+    contract_definition_id: str
+    asset_id: str
+    contract_policy_id: str
+    approval: str
+    offer: dict[str, Any]  # our offer, DSP form, with target
+
+
+def resolve_offer(session: Session, peer_did: str, offer: dict[str, Any], provider_did: str) -> ResolvedOffer:
+    """Check that ``offer`` is one we made to this peer and is still current; 400 naming why not."""
+    offer_id = offer.get("@id")
+    if not isinstance(offer_id, str):
+        raise NegotiationError(400, "the offer has no @id")
+    parsed = parse_offer_id(offer_id)
+    if parsed is None:
+        raise NegotiationError(400, f"offer {offer_id!r} is not an offer this provider made")
+    definition = get_contract_definition(session, parsed.contract_definition_id)
+    contract = get_policy_definition(session, definition.contract_policy_id) if definition else None
+    if definition is None or contract is None or session.get(Asset, parsed.asset_id) is None:
+        raise NegotiationError(400, f"offer {offer_id} is no longer offered")
+    selected = session.scalars(
+        select(A_ID).where(A_ID == parsed.asset_id, selector_condition([definition.assets_selector]))
+    ).first()
+    if selected is None:
+        raise NegotiationError(400, f"offer {offer_id} is no longer offered")
+    if parsed.policy_fingerprint != policy_fingerprint(contract.policy_node):
+        raise NegotiationError(
+            400, f"offer {offer_id} is outdated: its terms have changed; fetch the catalog again"
+        )
+    target = offer.get("target")
+    if target is not None and target != parsed.asset_id:
+        raise NegotiationError(400, f"offer {offer_id} is for {parsed.asset_id}, not {target}")
+    access = _policy_decision(session, definition.access_policy_id, _request_context(session, peer_did))
+    if not access.allowed:
+        # The offer is not in this peer's catalog; say so without the access policy's details.
+        raise NegotiationError(400, f"offer {offer_id} is not an offer this provider made to you")
+    ours = offer_to_dsp(contract.policy, offer_id, assigner=provider_did, target=parsed.asset_id)
+    return ResolvedOffer(definition.id, parsed.asset_id, contract.id, definition.negotiation_approval, ours)
+
+
+def provider_receive_initial_request(
+    session: Session, core: ServiceCore, peer: Peer, message: dict[str, Any]
+) -> NegotiationRow:
+    consumer_pid = message["consumerPid"]
+    callback = message.get("callbackAddress")
+    if not isinstance(callback, str) or not address_is_under(callback, peer.dsp_url):
+        raise NegotiationError(
+            400, f"callbackAddress {callback!r} is not under your registered DSP address {peer.dsp_url}"
+        )
+    existing = session.scalars(
+        select(NegotiationRow).where(
+            _N.role == Role.PROVIDER.value, _N.consumer_pid == consumer_pid, _N.counter_party_did == peer.did
+        )
+    ).first()
+    if existing is not None:  # a repeated initial request (the consumer retried): same answer
+        return existing
+    resolved = resolve_offer(session, peer.did, message["offer"], core.settings.did)
+    row = NegotiationRow(
+        id=str(uuid.uuid4()),
+        role=Role.PROVIDER.value,
+        provider_pid=new_pid(),
+        consumer_pid=consumer_pid,
+        counter_party_did=peer.did,
+        counter_party_address=callback.rstrip("/"),
+        state=transition(None, Message.REQUEST, Role.CONSUMER).value,
+        asset_id=resolved.asset_id,
+        contract_definition_id=resolved.contract_definition_id,
+        offer=json.dumps(resolved.offer),
+        approval=resolved.approval,
+        created_at=now_ms(),
+        updated_at=now_ms(),
+    )
+    if row.approval == "automatic":
+        _provider_agree_or_refuse(session, core, row)
+    session.add(row)
+    session.commit()
+    return row
+
+
+def _build_agreement(core: ServiceCore, row: NegotiationRow) -> dict[str, Any]:
+    offer = json.loads(row.offer)
+    agreement: dict[str, Any] = {
+        "@id": new_pid(),
+        "@type": "Agreement",
+        "target": row.asset_id,
+        "assigner": core.settings.did,
+        "assignee": row.counter_party_did,
+        "timestamp": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+    for rules in ("permission", "prohibition", "obligation"):
+        if rules in offer:
+            agreement[rules] = offer[rules]
+    return agreement
+
+
+def _provider_agree_or_refuse(session: Session, core: ServiceCore, row: NegotiationRow) -> None:
+    """Agree when the contract policy admits the consumer; otherwise terminate, saying why."""
+    definition = get_contract_definition(session, row.contract_definition_id or "")
+    policy_id = definition.contract_policy_id if definition else ""
+    decision = _policy_decision(session, policy_id, _request_context(session, row.counter_party_did))
+    if not decision.allowed:
+        row.error_detail = decision.explanation
+        _enqueue(
+            row,
+            _termination(row, "policy", f"the contract policy does not admit you: {decision.explanation}"),
+        )
+        return
+    agreement = _build_agreement(core, row)
+    signature = sign_agreement(agreement, core.key, f"{core.settings.did}#{KEY_FRAGMENT}")
+    body = wire.agreement_message(row.provider_pid or "", row.consumer_pid or "", agreement, signature)
+    _enqueue(
+        row,
+        Pending(
+            Message.AGREEMENT,
+            f"{_peer_address(row)}/negotiations/{row.consumer_pid}/agreement",
+            body,
+            agreement,
+        ),
+    )
+
+
+def _termination(row: NegotiationRow, code: str, reason: str) -> Pending:
+    if _role(row) is Role.PROVIDER:
+        url = f"{_peer_address(row)}/negotiations/{row.consumer_pid}/termination"
+    else:
+        url = f"{_peer_address(row)}/negotiations/{row.provider_pid}/termination"
+    return Pending(
+        Message.TERMINATION,
+        url,
+        wire.termination_message(row.provider_pid or "", row.consumer_pid or "", code, reason),
+    )
+
+
+def receive(
+    session: Session, core: ServiceCore, row: NegotiationRow, kind: Message, message: dict[str, Any]
+) -> None:
+    """A message from the counter-party for an existing negotiation (both roles)."""
+    if kind is Message.TERMINATION:
+        _receive(row, kind)
+        reasons = message.get("reason") or []
+        row.error_detail = "terminated by the counter-party" + (f": {reasons[0]}" if reasons else "")
+        row.pending_message = None
+        row.next_attempt_at = None
+    elif kind is Message.AGREEMENT:
+        _consumer_receive_agreement(session, core, row, message)
+    elif kind is Message.VERIFICATION:
+        _provider_receive_verification(session, row, message)
+    elif kind is Message.REQUEST:  # a counter-request from the consumer
+        resolved = resolve_offer(session, row.counter_party_did, message["offer"], core.settings.did)
+        _receive(row, kind)
+        row.offer = json.dumps(resolved.offer)
+        if row.approval == "automatic":
+            _provider_agree_or_refuse(session, core, row)
+    elif kind is Message.OFFER:  # a counter-offer from the provider
+        _receive(row, kind)
+        offered = message["offer"]
+        asked = json.loads(row.offer)
+        row.offer = json.dumps(offered)
+        if row.approval == "automatic":
+            if _same_terms(offered, asked):
+                _enqueue(row, _event(row, Message.ACCEPTED))
+            else:
+                row.error_detail = "the provider offered different terms; waiting for an operator"
+    elif kind is Message.ACCEPTED:
+        _receive(row, kind)
+        if row.approval == "automatic":
+            _provider_agree_or_refuse(session, core, row)
+    elif kind is Message.FINALIZED:
+        _receive(row, kind)
+    session.add(row)
+    session.commit()
+
+
+def _same_terms(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    keys = ("permission", "prohibition", "obligation")
+    return all(a.get(k) == b.get(k) for k in keys) and a.get("target", b.get("target")) == b.get(
+        "target", a.get("target")
+    )
+
+
+def _event(row: NegotiationRow, event: Message) -> Pending:
+    pid = row.consumer_pid if _role(row) is Role.PROVIDER else row.provider_pid
+    url = f"{_peer_address(row)}/negotiations/{pid}/events"
+    return Pending(event, url, wire.event_message(event, row.provider_pid or "", row.consumer_pid or ""))
+
+
+def _provider_receive_verification(session: Session, row: NegotiationRow, message: dict[str, Any]) -> None:
+    signature = message.get(wire.SIGNATURE_MEMBER)
+    record = agreement_for_negotiation(session, row.id)
+    if record is None:
+        raise NegotiationError(409, "there is no agreement to verify", row)
+    if isinstance(signature, str):
+        member = get_member(session, row.counter_party_did)
+        if member is None:
+            raise NegotiationError(401, "you are no longer a member", row)
+        try:
+            verify_agreement_signature(
+                record.agreement, signature, member.public_jwk, expected_kid_did=row.counter_party_did
+            )
+        except SignatureError as exc:
+            raise NegotiationError(
+                400, f"your signature over the agreement does not verify: {exc}", row
+            ) from None
+    _receive(row, Message.VERIFICATION)
+    if isinstance(signature, str):
+        set_consumer_signature(session, record.id, signature)
+    if row.approval == "automatic":
+        _enqueue(row, _event(row, Message.FINALIZED))
+
+
+# ---------------------------------------------------------------- the consumer's side
+
+
+def consumer_start(
+    session: Session,
+    core: ServiceCore,
+    counter_party: str,
+    address: str,
+    offer: dict[str, Any],
+    approval: str,
+) -> NegotiationRow:
+    member = get_member(session, counter_party)
+    if member is None:
+        raise NegotiationError(400, f"{counter_party} is not a member of this data space")
+    if address.rstrip("/") != member.dsp_url.rstrip("/"):
+        raise NegotiationError(
+            400, f"counterPartyAddress {address} is not the DSP address registered for {counter_party}"
+        )
+    if not isinstance(offer.get("@id"), str) or not isinstance(offer.get("target"), str):
+        raise NegotiationError(
+            400, "the offer needs its @id (from the catalog) and its target (the dataset id)"
+        )
+    consumer_pid = new_pid()
+    row = NegotiationRow(
+        id=str(uuid.uuid4()),
+        role=Role.CONSUMER.value,
+        consumer_pid=consumer_pid,
+        counter_party_did=member.did,
+        counter_party_address=member.dsp_url.rstrip("/"),
+        state=INITIAL,
+        asset_id=offer["target"],
+        offer=json.dumps(offer),
+        approval=approval,
+        created_at=now_ms(),
+        updated_at=now_ms(),
+    )
+    body = wire.request_message(consumer_pid, offer, callback=core.settings.dsp_url)
+    _enqueue(row, Pending(Message.REQUEST, f"{_peer_address(row)}/negotiations/request", body))
+    session.add(row)
+    session.commit()
+    return row
+
+
+def _consumer_receive_agreement(
+    session: Session, core: ServiceCore, row: NegotiationRow, message: dict[str, Any]
+) -> None:
+    agreement = message["agreement"]
+    signature = message.get(wire.SIGNATURE_MEMBER)
+    if agreement.get("assignee") != core.settings.did or agreement.get("assigner") != row.counter_party_did:
+        raise NegotiationError(400, "the agreement must name you as assigner and us as assignee", row)
+    if agreement.get("target") != row.asset_id:
+        raise NegotiationError(
+            400, f"the agreement is for {agreement.get('target')}, not {row.asset_id}", row
+        )
+    if isinstance(signature, str):
+        member = get_member(session, row.counter_party_did)
+        if member is None:
+            raise NegotiationError(401, "you are no longer a member", row)
+        try:
+            verify_agreement_signature(
+                agreement, signature, member.public_jwk, expected_kid_did=row.counter_party_did
+            )
+        except SignatureError as exc:
+            raise NegotiationError(
+                400, f"your signature over the agreement does not verify: {exc}", row
+            ) from None
+    _receive(row, Message.AGREEMENT)
+    own_signature = sign_agreement(agreement, core.key, f"{core.settings.did}#{KEY_FRAGMENT}")
+    store_agreement(
+        session,
+        AgreementRecord(
+            id=agreement["@id"],
+            negotiation_id=row.id,
+            provider_did=row.counter_party_did,
+            consumer_did=core.settings.did,
+            asset_id=agreement["target"],
+            agreement=agreement,
+            signed_at=now_ms(),
+            provider_signature=signature if isinstance(signature, str) else None,
+            consumer_signature=own_signature,
+        ),
+    )
+    row.agreement_id = agreement["@id"]
+    if row.approval == "automatic":
+        _enqueue(row, _verification(row, own_signature))
+
+
+def _verification(row: NegotiationRow, signature: str | None) -> Pending:
+    url = f"{_peer_address(row)}/negotiations/{row.provider_pid}/agreement/verification"
+    return Pending(
+        Message.VERIFICATION,
+        url,
+        wire.verification_message(row.provider_pid or "", row.consumer_pid or "", signature),
+    )
+
+
+# ---------------------------------------------------------------- operator actions (manual approval)
+
+
+def _check_role(row: NegotiationRow, role: Role, action: str) -> None:
+    if _role(row) is not role:
+        raise NegotiationError(
+            409, f"only the {role.value} can {action}; this connector is the {row.role}", row
+        )
+
+
+def operator_action(
+    session: Session, core: ServiceCore, row: NegotiationRow, action: str, body: dict[str, Any] | None
+) -> None:
+    """Perform an operator's step: offer, agree, finalize (provider); accept, request, verify (consumer); terminate."""
+    if _state(row) in TERMINAL or (_state(row) is None and action != "terminate"):
+        raise NegotiationError(409, f"the negotiation is {row.state}; that cannot happen now", row)
+    if action == "terminate" and _state(row) is None:
+        # The provider never acknowledged it: there is no one to tell.
+        _terminate_locally(row, str((body or {}).get("reason") or "terminated by the operator"))
+    elif action == "terminate":
+        reason = (body or {}).get("reason") or "terminated by the operator"
+        _enqueue(row, _termination(row, "operator", str(reason)))
+        row.error_detail = str(reason)
+    elif action == "agree":
+        _check_role(row, Role.PROVIDER, "agree")
+        transition(_state(row), Message.AGREEMENT, Role.PROVIDER)
+        definition = get_contract_definition(session, row.contract_definition_id or "")
+        decision = _policy_decision(
+            session,
+            definition.contract_policy_id if definition else "",
+            _request_context(session, row.counter_party_did),
+        )
+        if not decision.allowed:
+            raise NegotiationError(
+                409,
+                f"the contract policy does not admit {row.counter_party_did}: {decision.explanation}",
+                row,
+            )
+        _provider_agree_or_refuse(session, core, row)
+    elif action == "finalize":
+        _check_role(row, Role.PROVIDER, "finalize")
+        _enqueue(row, _event(row, Message.FINALIZED))
+    elif action == "offer":
+        _check_role(row, Role.PROVIDER, "offer")
+        offer = dict(body or {})
+        offer.setdefault("@id", json.loads(row.offer).get("@id"))
+        offer["target"] = row.asset_id
+        offer["@type"] = "Offer"
+        row.offer = json.dumps(offer)
+        url = f"{_peer_address(row)}/negotiations/{row.consumer_pid}/offers"
+        _enqueue(
+            row,
+            Pending(
+                Message.OFFER,
+                url,
+                wire.offer_message(row.provider_pid or "", offer, consumer_pid=row.consumer_pid),
+            ),
+        )
+    elif action == "accept":
+        _check_role(row, Role.CONSUMER, "accept")
+        _enqueue(row, _event(row, Message.ACCEPTED))
+    elif action == "request":
+        _check_role(row, Role.CONSUMER, "make a counter-request")
+        offer = dict(body or {})
+        offer.setdefault("@id", json.loads(row.offer).get("@id"))
+        offer["target"] = row.asset_id
+        offer["@type"] = "Offer"
+        url = f"{_peer_address(row)}/negotiations/{row.provider_pid}/request"
+        _enqueue(
+            row,
+            Pending(
+                Message.REQUEST,
+                url,
+                wire.request_message(row.consumer_pid or "", offer, provider_pid=row.provider_pid),
+            ),
+        )
+        row.offer = json.dumps(offer)
+    elif action == "verify":
+        _check_role(row, Role.CONSUMER, "verify")
+        record = agreement_for_negotiation(session, row.id)
+        _enqueue(row, _verification(row, record.consumer_signature if record else None))
+    else:
+        raise NegotiationError(404, f"there is no action {action!r}")
+    session.add(row)
+    session.commit()
