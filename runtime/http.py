@@ -72,6 +72,8 @@ def install_http_plumbing(app: FastAPI, metrics: Metrics) -> None:
     async def request_context(
         request: Request, call_next: Callable[[Request], Awaitable[Response]]
     ) -> Response:
+        if "\x00" in request.url.path:  # no database stores NUL; refuse it before any handler sees it
+            return JSONResponse({"error": "the path contains a NUL character"}, status_code=400)
         incoming = request.headers.get(REQUEST_ID_HEADER, "")
         request_id = incoming if _SAFE_REQUEST_ID.match(incoming) else uuid.uuid4().hex
         token = request_id_var.set(request_id)

@@ -189,3 +189,10 @@ def test_serve_logs_one_json_object_per_line_with_request_ids(tmp_path: Path) ->
     assert by_id[generated.headers["X-Request-ID"]]["path"] == "/.well-known/dspace-version"
     api_key = (data_dir / "management-api-key").read_text().strip()
     assert api_key not in served.log_path.read_text()
+
+
+def test_a_nul_in_the_path_is_a_400_not_a_server_error(make_connector) -> None:
+    city = make_connector("city")
+    key = city.settings.management_api_key.get_secret_value()
+    response = city.client().get("/management/v3/assets/a%00b", headers={"X-Api-Key": key})
+    assert response.status_code == 400

@@ -535,6 +535,8 @@ def test_same_token_raced_at_both_replicas_is_accepted_exactly_once(replicas: Re
 def _start_serve(data_dir: Path, log_path: Path) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TESSERA_")}
     env["PYTHONUNBUFFERED"] = "1"
+    # No background catalog crawl: its calls would add to the rejection counts this test checks.
+    env["TESSERA_CATALOG_CRAWL_INTERVAL_SECONDS"] = "0"
     with log_path.open("wb") as log:
         return subprocess.Popen(
             [sys.executable, "-m", "connector", "serve", "--dir", str(data_dir)],
