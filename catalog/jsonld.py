@@ -27,6 +27,8 @@ from catalog.vocabulary import DCAT_NS, DCT_NS, DSPACE_CONTEXT_URL, EDC_NS, ODRL
 __all__ = ["DCAT_NS", "DCT_NS", "DSPACE_CONTEXT_URL", "EDC_NS", "ODRL_NS", "TESSERA_NS"]
 EDC_MANAGEMENT_CONTEXT_URL = "https://w3id.org/edc/connector/management/v0.0.1"
 ODRL_CONTEXT_URL = "http://www.w3.org/ns/odrl.jsonld"
+# The context EDC adds beside the DSP one in its protocol messages.
+EDC_DSPACE_CONTEXT_URL = "https://w3id.org/edc/dspace/v0.0.1"
 
 # The context of every Management API response (EDC's default response context).
 EDC_RESPONSE_CONTEXT: dict[str, str] = {"@vocab": EDC_NS, "edc": EDC_NS, "odrl": ODRL_NS}
@@ -65,6 +67,7 @@ def vendored_contexts() -> dict[str, dict[str, Any]]:
         ),
         EDC_MANAGEMENT_CONTEXT_URL: ("contexts", "edc-management-v1.jsonld"),
         ODRL_CONTEXT_URL: ("contexts", "odrl.jsonld"),
+        EDC_DSPACE_CONTEXT_URL: ("contexts", "edc-dspace-v1.jsonld"),
     }
     return {url: json.loads(_package_text("catalog", *parts)) for url, parts in files.items()}
 

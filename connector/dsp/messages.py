@@ -13,10 +13,16 @@ from typing import Any
 
 from pyld import jsonld
 
-from catalog.jsonld import DSPACE_CONTEXT_URL, JsonLdInputError, check_depth, jsonld_options, jsonld_reason
+from catalog.jsonld import (
+    DSPACE_CONTEXT_URL,
+    EDC_DSPACE_CONTEXT_URL,
+    JsonLdInputError,
+    check_depth,
+    jsonld_options,
+    jsonld_reason,
+)
 from connector.dsp import schemas
 
-EDC_DSPACE_CONTEXT_URL = "https://w3id.org/edc/dspace/v0.0.1"
 _PLAIN_CONTEXTS = {DSPACE_CONTEXT_URL, EDC_DSPACE_CONTEXT_URL}
 
 
