@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from connector.discovery import discovery_router
@@ -23,6 +25,7 @@ from connector.negotiation_worker import NegotiationWorker
 from connector.pages.routes import pages_router
 from connector.peers import peers_router
 from identity.did import dsp_services
+from runtime.logging import get_logger
 from runtime.service import ServiceCore, base_app
 
 
@@ -35,7 +38,7 @@ def create_app(core: ServiceCore) -> FastAPI:
         core,
         title=f"Tessera connector {settings.name}",
         services=dsp_services(settings.did, settings.public_url, settings.dsp_url),
-        background=[worker.run, *([crawler.run] if interval > 0 else [])],
+        background=[warm_policy_engine(core), worker.run, *([crawler.run] if interval > 0 else [])],
     )
     app.state.crawler = crawler
     app.state.negotiation_worker = worker
@@ -57,7 +60,11 @@ def create_app(core: ServiceCore) -> FastAPI:
 
 def _dsp_auth_error_shape(path: str, message: str) -> dict[str, Any] | None:
     error_type = error_type_for_path(path)
-    return dsp_error_body(error_type, 401, [message]) if error_type else None
+    if error_type is None:
+        return None
+    # Negotiation and transfer errors must name both pids; an unauthenticated request has none we trust.
+    ids = {} if error_type == "CatalogError" else {"providerPid": "unknown", "consumerPid": "unknown"}
+    return dsp_error_body(error_type, 401, [message], **ids)
 
 
 def install_dsp_error_handlers(app: FastAPI) -> None:
@@ -66,3 +73,21 @@ def install_dsp_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(DspError)
     async def dsp_error(_request: Request, exc: DspError) -> JSONResponse:
         return dsp_error_response(exc)
+
+
+def warm_policy_engine(core: ServiceCore) -> Callable[[], Coroutine[Any, Any, None]]:
+    """A start-up job: load (and if need be compile) the policy engine before the first request needs it.
+
+    Not in ``create_app`` itself: an app must be buildable while its database is down (``/health``
+    then says so); a failure here only means the first decision loads the engine instead.
+    """
+
+    async def warm() -> None:
+        try:
+            await run_in_threadpool(lambda: core.policy_engine)
+        except Exception as exc:
+            get_logger("tessera.policy").warning(
+                "policy engine not loaded at start-up", error=type(exc).__name__
+            )
+
+    return warm

@@ -58,11 +58,9 @@ class NegotiationWorker:
             update(_TABLE)
             .where(
                 _N.id == negotiation_id,
-                or_(
-                    _N.lease_until.is_(None),
-                    _N.lease_until < now,
-                    _N.lease_owner == self.owner,
-                ),
+                # Not even this worker may take a lease it holds: its poll loop and a kick (or two
+                # kicks) would otherwise send the same message at once.
+                or_(_N.lease_until.is_(None), _N.lease_until < now),
             )
             .values(lease_owner=self.owner, lease_until=now + LEASE_MS)
         )
@@ -111,15 +109,44 @@ class NegotiationWorker:
         finally:
             await run_in_threadpool(self._release, negotiation_id)
 
-    async def _deliver_leased(self, negotiation_id: str) -> None:
+    def _load(self, negotiation_id: str) -> tuple[str, str] | None:
+        """(the pending message's JSON, the counter-party's DID), or None when nothing is pending."""
         with Session(self._core.engine) as session:
-            row = await run_in_threadpool(session.get, NegotiationRow, negotiation_id)
+            row = session.get(NegotiationRow, negotiation_id)
             if row is None or row.pending_message is None:
+                return None
+            return row.pending_message, row.counter_party_did
+
+    async def _deliver_leased(self, negotiation_id: str) -> None:
+        # Each database step runs whole in one thread: no connection (nor row lock) is held while
+        # the message travels or while waiting for a thread, so a burst of slow deliveries cannot
+        # exhaust the pool and stall the connector.
+        loaded = await run_in_threadpool(self._load, negotiation_id)
+        if loaded is None:
+            return
+        sent, audience = loaded
+        pending = Pending.from_json(sent)
+        error, final, answer = await self._send(audience, pending)
+        await run_in_threadpool(self._record, negotiation_id, sent, pending, error, final, answer)
+
+    def _record(
+        self,
+        negotiation_id: str,
+        sent: str,
+        pending: Pending,
+        error: str | None,
+        final: bool,
+        answer: dict[str, Any] | None,
+    ) -> None:
+        """Let the state machine move on a delivery, or schedule the retry, or give up."""
+        with Session(self._core.engine) as session:
+            row = session.get(NegotiationRow, negotiation_id, with_for_update=True)
+            # While the message travelled, a message from the counter-party may have changed the row
+            # (a termination, say): judge the outcome against the row as it is now.
+            if row is None or row.pending_message != sent:
                 return
-            pending = Pending.from_json(row.pending_message)
-            error, final, answer = await self._send(row.counter_party_did, pending)
             if error is None:
-                await run_in_threadpool(delivered, session, row, pending, answer)
+                delivered(session, row, pending, answer)
                 log.info(
                     "negotiation message delivered",
                     negotiation=row.id,
@@ -131,13 +158,13 @@ class NegotiationWorker:
             if final or row.attempts >= MAX_ATTEMPTS:
                 why = error if final else f"{error} (gave up after {row.attempts} attempts)"
                 reason = f"could not deliver {pending.message.value} to {row.counter_party_did}: {why}"
-                await run_in_threadpool(undeliverable, session, row, reason)
+                undeliverable(session, row, reason)
                 log.warning("negotiation terminated", negotiation=row.id, reason=reason)
                 return
             row.next_attempt_at = now_ms() + backoff_ms(row.attempts)
             row.error_detail = f"retrying {pending.message.value}: {error}"
             session.add(row)
-            await run_in_threadpool(session.commit)
+            session.commit()
             log.info(
                 "negotiation message will be retried", negotiation=row.id, attempts=row.attempts, error=error
             )

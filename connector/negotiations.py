@@ -40,7 +40,7 @@ from contracts.signing import SignatureError, sign_agreement, verify_agreement_s
 from identity.did import KEY_FRAGMENT
 from identity.peer_auth import Peer
 from identity.trustlist import get_member
-from policies.decision import Decision, RequestContext, decide
+from policies.decision import Decision, RequestContext
 from policies.definitions import get_policy_definition
 from policies.dsp_form import offer_to_dsp
 from runtime.service import ServiceCore
@@ -136,6 +136,36 @@ def get_negotiation(session: Session, negotiation_id: str) -> NegotiationRow | N
     return session.get(NegotiationRow, negotiation_id)
 
 
+# How long a message from the counter-party may wait for our own delivery in flight to be recorded.
+IN_FLIGHT_WAIT_SECONDS = 5.0
+
+
+def settle(session: Session, row: NegotiationRow, kind: Message) -> NegotiationRow:
+    """``row`` once our own message in flight (if any) is recorded, before judging ``kind`` by it.
+
+    The counter-party answers our message and may send its next one at once (an
+    automatic provider answers the request, then sends the agreement); that one
+    can arrive before our worker has recorded the answer, and so the state it
+    moves to. While a delivery is in flight (its lease held) and ``kind`` is not
+    allowed yet, wait a little for the worker to finish, re-reading the row.
+    """
+    deadline = time.monotonic() + IN_FLIGHT_WAIT_SECONDS
+    while (
+        row.pending_message is not None
+        and row.lease_until is not None
+        and row.lease_until > now_ms()
+        and time.monotonic() < deadline
+    ):
+        try:
+            transition(_state(row), kind, _role(row).other)
+            return row
+        except TransitionError:
+            pass
+        time.sleep(0.02)
+        session.refresh(row)
+    return row
+
+
 # ---------------------------------------------------------------- state changes
 
 
@@ -143,11 +173,19 @@ def _touch(row: NegotiationRow) -> None:
     row.updated_at = now_ms()
 
 
+def _allowed(row: NegotiationRow, message: Message) -> State:
+    """The state after we send ``message`` now; a 409 (nothing changed) when that is not allowed."""
+    try:
+        return transition(_state(row), message, _role(row))
+    except TransitionError as exc:
+        raise NegotiationError(409, str(exc), row) from None
+
+
 def _enqueue(row: NegotiationRow, pending: Pending) -> None:
     if row.pending_message is not None:
         current = Pending.from_json(row.pending_message).message.value
         raise NegotiationError(409, f"a {current} is still being delivered; try again when it is", row)
-    transition(_state(row), pending.message, _role(row))  # refuse now what the counter-party would refuse
+    _allowed(row, pending.message)  # refuse now what the counter-party would refuse
     row.pending_message = pending.to_json()
     row.attempts = 0
     row.next_attempt_at = now_ms() + KICK_GRACE_MS
@@ -206,6 +244,8 @@ def delivered(
     row.pending_message = None
     row.next_attempt_at = None
     row.attempts = 0
+    if row.error_detail and row.error_detail.startswith("retrying "):
+        row.error_detail = None  # delivered after all: the retry note no longer applies
     _touch(row)
     session.add(row)
     session.commit()
@@ -225,11 +265,9 @@ def _request_context(session: Session, did: str) -> RequestContext:
     return RequestContext(participant_id=did, memberships=frozenset(member.memberships if member else ()))
 
 
-def _policy_decision(session: Session, policy_id: str, context: RequestContext) -> Decision:
-    record = get_policy_definition(session, policy_id)
-    if record is None:
-        return Decision(False, (f"policy definition {policy_id} does not exist",))
-    return decide(record.policy, context)
+def _policy_decision(core: ServiceCore, policy_id: str, context: RequestContext) -> Decision:
+    """The contract (or access) policy's decision, through the compiled policy engine."""
+    return core.policy_engine.decide(policy_id, context)
 
 
 @dataclass(frozen=True)
@@ -241,7 +279,7 @@ class ResolvedOffer:
     offer: dict[str, Any]  # our offer, DSP form, with target
 
 
-def resolve_offer(session: Session, peer_did: str, offer: dict[str, Any], provider_did: str) -> ResolvedOffer:
+def resolve_offer(session: Session, core: ServiceCore, peer_did: str, offer: dict[str, Any]) -> ResolvedOffer:
     """Check that ``offer`` is one we made to this peer and is still current; 400 naming why not."""
     offer_id = offer.get("@id")
     if not isinstance(offer_id, str):
@@ -265,11 +303,11 @@ def resolve_offer(session: Session, peer_did: str, offer: dict[str, Any], provid
     target = offer.get("target")
     if target is not None and target != parsed.asset_id:
         raise NegotiationError(400, f"offer {offer_id} is for {parsed.asset_id}, not {target}")
-    access = _policy_decision(session, definition.access_policy_id, _request_context(session, peer_did))
+    access = _policy_decision(core, definition.access_policy_id, _request_context(session, peer_did))
     if not access.allowed:
         # The offer is not in this peer's catalog; say so without the access policy's details.
         raise NegotiationError(400, f"offer {offer_id} is not an offer this provider made to you")
-    ours = offer_to_dsp(contract.policy, offer_id, assigner=provider_did, target=parsed.asset_id)
+    ours = offer_to_dsp(contract.policy, offer_id, assigner=core.settings.did, target=parsed.asset_id)
     return ResolvedOffer(definition.id, parsed.asset_id, contract.id, definition.negotiation_approval, ours)
 
 
@@ -289,7 +327,7 @@ def provider_receive_initial_request(
     ).first()
     if existing is not None:  # a repeated initial request (the consumer retried): same answer
         return existing
-    resolved = resolve_offer(session, peer.did, message["offer"], core.settings.did)
+    resolved = resolve_offer(session, core, peer.did, message["offer"])
     row = NegotiationRow(
         id=str(uuid.uuid4()),
         role=Role.PROVIDER.value,
@@ -332,7 +370,7 @@ def _provider_agree_or_refuse(session: Session, core: ServiceCore, row: Negotiat
     """Agree when the contract policy admits the consumer; otherwise terminate, saying why."""
     definition = get_contract_definition(session, row.contract_definition_id or "")
     policy_id = definition.contract_policy_id if definition else ""
-    decision = _policy_decision(session, policy_id, _request_context(session, row.counter_party_did))
+    decision = _policy_decision(core, policy_id, _request_context(session, row.counter_party_did))
     if not decision.allowed:
         row.error_detail = decision.explanation
         _enqueue(
@@ -370,6 +408,12 @@ def receive(
     session: Session, core: ServiceCore, row: NegotiationRow, kind: Message, message: dict[str, Any]
 ) -> None:
     """A message from the counter-party for an existing negotiation (both roles)."""
+    # The state machine first: a message the counter-party may not send now (or at all, in its
+    # role) is refused as such before any role's own checks look at it.
+    try:
+        transition(_state(row), kind, _role(row).other)
+    except TransitionError as exc:
+        raise NegotiationError(409, str(exc), row) from None
     if kind is Message.TERMINATION:
         _receive(row, kind)
         reasons = message.get("reason") or []
@@ -381,7 +425,7 @@ def receive(
     elif kind is Message.VERIFICATION:
         _provider_receive_verification(session, row, message)
     elif kind is Message.REQUEST:  # a counter-request from the consumer
-        resolved = resolve_offer(session, row.counter_party_did, message["offer"], core.settings.did)
+        resolved = resolve_offer(session, core, row.counter_party_did, message["offer"])
         _receive(row, kind)
         row.offer = json.dumps(resolved.offer)
         if row.approval == "automatic":
@@ -555,6 +599,12 @@ def operator_action(
     """Perform an operator's step: offer, agree, finalize (provider); accept, request, verify (consumer); terminate."""
     if _state(row) in TERMINAL or (_state(row) is None and action != "terminate"):
         raise NegotiationError(409, f"the negotiation is {row.state}; that cannot happen now", row)
+    if action == "terminate" and row.lease_until is not None and row.lease_until > now_ms():
+        raise NegotiationError(409, "a message is being sent right now; try again in a moment", row)
+    if action == "terminate" and row.pending_message is not None:
+        # The counter-party has not accepted the queued message: the termination replaces it.
+        row.pending_message = None
+        row.next_attempt_at = None
     if action == "terminate" and _state(row) is None:
         # The provider never acknowledged it: there is no one to tell.
         _terminate_locally(row, str((body or {}).get("reason") or "terminated by the operator"))
@@ -564,10 +614,10 @@ def operator_action(
         row.error_detail = str(reason)
     elif action == "agree":
         _check_role(row, Role.PROVIDER, "agree")
-        transition(_state(row), Message.AGREEMENT, Role.PROVIDER)
+        _allowed(row, Message.AGREEMENT)
         definition = get_contract_definition(session, row.contract_definition_id or "")
         decision = _policy_decision(
-            session,
+            core,
             definition.contract_policy_id if definition else "",
             _request_context(session, row.counter_party_did),
         )

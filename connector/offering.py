@@ -1,9 +1,10 @@
 """What a provider offers to one requester: datasets, each with the offers it may see.
 
 An asset is offered where a contract definition selects it and that
-definition's access policy admits the requester; each such definition
-contributes one offer, carrying its contract policy. Everything happens in
-SQL, one page at a time: memory does not grow with the number of assets.
+definition's access policy admits the requester (decided by the policy
+engine); each such definition contributes one offer, carrying its contract
+policy. Everything happens in SQL, one page at a time: memory does not grow
+with the number of assets.
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ from catalog.assets import AssetRecord, record_of
 from catalog.contract_definitions import ContractDefinitionRecord, all_contract_definitions
 from catalog.models import Asset
 from catalog.queryspec import A_ID, Criterion, asset_conditions, selector_condition
-from policies.decision import Decision, RequestContext, decide
+from policies.decision import Decision, RequestContext
 from policies.definitions import PolicyDefinitionRecord, get_policy_definition
+from policies.engine import PolicyEngine
 
 
 @dataclass(frozen=True)
@@ -51,20 +53,22 @@ class AccessOutcome:
 class Offering:
     """The offers visible to one requester, computed once per request."""
 
-    def __init__(self, session: Session, context: RequestContext) -> None:
+    def __init__(self, session: Session, context: RequestContext, engine: PolicyEngine) -> None:
         self._session = session
         self._policies: dict[str, PolicyDefinitionRecord | None] = {}
         self.outcomes: list[AccessOutcome] = []
         self.admitted: list[tuple[ContractDefinitionRecord, PolicyDefinitionRecord]] = []
+        access_decisions: dict[str, Decision] = {}
         for definition in all_contract_definitions(session):
-            access = self._policy(definition.access_policy_id)
+            access_id = definition.access_policy_id
+            if access_id not in access_decisions:  # an unknown id is denied by the engine too
+                access_decisions[access_id] = engine.decide(access_id, context)
+            decision = access_decisions[access_id]
             contract = self._policy(definition.contract_policy_id)
-            if access is None or contract is None:
-                # A definition whose policies are gone offers nothing: fail closed.
-                missing = definition.access_policy_id if access is None else definition.contract_policy_id
+            if contract is None:
+                # A definition whose contract policy is gone offers nothing: fail closed.
+                missing = definition.contract_policy_id
                 decision = Decision(False, (f"policy definition {missing} does not exist",))
-            else:
-                decision = decide(access.policy, context)
             self.outcomes.append(AccessOutcome(definition, decision))
             if decision.allowed and contract is not None:
                 self.admitted.append((definition, contract))

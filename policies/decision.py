@@ -6,6 +6,13 @@ recommendation: a prohibition whose constraints all hold denies; otherwise a
 policy with no permission permits (EDC's convention for an "allow all"
 policy), and a policy with permissions permits when one of them holds.
 
+Conflicts (a permission and a prohibition on the same action) follow the
+policy's ``conflict`` strategy: ``prohibit`` — the prohibition wins, as
+above; ``perm`` — a permission on that action that holds overrides a
+prohibition that holds; none or ``invalid`` — the policy is void and denies
+everything (the Management API refuses such a policy at upload; this is the
+fail-closed reading of one stored before that check, or received).
+
 Set operators read the left operand as a set (a single value is a set of one):
 ``isAnyOf`` — they share a value; ``isNoneOf`` — they share none;
 ``isAllOf`` and ``hasPart`` — the left holds every right value; ``isPartOf`` —
@@ -15,13 +22,14 @@ An operand the context cannot supply fails its constraint: fail closed.
 
 from __future__ import annotations
 
+import operator
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from policies.odrl import Atomic, Constraint, Policy, Rule
+from policies.odrl import Atomic, Constraint, Policy, Rule, rule_label
 
 
 @dataclass(frozen=True)
@@ -53,7 +61,7 @@ def _as_set(value: Any) -> frozenset[Any]:
     return frozenset([value])
 
 
-def _parse_time(value: Any) -> datetime | None:
+def parse_time(value: Any) -> datetime | None:
     if not isinstance(value, str):
         return None
     try:
@@ -63,7 +71,7 @@ def _parse_time(value: Any) -> datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
-def _duration_seconds(value: Any) -> float | None:
+def duration_seconds(value: Any) -> float | None:
     """ISO 8601 durations of days, hours, minutes, seconds (P1DT2H, PT30M) or plain seconds."""
     if isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
@@ -102,10 +110,10 @@ def _left_value(constraint: Atomic, context: RequestContext) -> tuple[Any, str |
 
 def _comparable(left: Any, right: Any, operand: str) -> tuple[Any, Any] | None:
     if operand == "dateTime":
-        right_time = _parse_time(right)
+        right_time = parse_time(right)
         return (left, right_time) if right_time else None
     if operand == "elapsedTime":
-        seconds = _duration_seconds(right)
+        seconds = duration_seconds(right)
         return (left, seconds) if seconds is not None else None
     if isinstance(left, int | float) and isinstance(right, int | float):
         return left, right
@@ -114,19 +122,46 @@ def _comparable(left: Any, right: Any, operand: str) -> tuple[Any, Any] | None:
     return None
 
 
+_ORDERINGS: dict[str, Callable[[Any, Any], bool]] = {
+    "eq": operator.eq,
+    "neq": operator.ne,
+    "lt": operator.lt,
+    "lteq": operator.le,
+    "gt": operator.gt,
+    "gteq": operator.ge,
+}
+_SET_TESTS: dict[str, Callable[[frozenset[Any], frozenset[Any]], bool]] = {
+    "isAnyOf": lambda left, right: not left.isdisjoint(right),
+    "isNoneOf": lambda left, right: left.isdisjoint(right),
+    "isAllOf": lambda left, right: right <= left,
+    "hasPart": lambda left, right: right <= left,
+    "isPartOf": lambda left, right: left <= right,
+}
+_SET_PHRASES = {
+    "isAnyOf": "is not in",
+    "isNoneOf": "is in",
+    "isAllOf": "does not include all of",
+    "hasPart": "does not include all of",
+    "isPartOf": "is not part of",
+}
+
+
+def _shown(left: Any) -> Any:
+    return sorted(left) if isinstance(left, frozenset) else left
+
+
 def _check_atomic(constraint: Atomic, context: RequestContext) -> str | None:
     """None when the constraint holds; otherwise why it does not."""
     left, missing = _left_value(constraint, context)
     if missing is not None:
         return f"{constraint.describe()} fails: {missing}"
     op, right = constraint.operator, constraint.right
-    shown_left = sorted(left) if isinstance(left, frozenset) else left
-    if op in ("eq", "neq", "lt", "lteq", "gt", "gteq"):
+    compare = _ORDERINGS.get(op)
+    if compare is not None:
         if isinstance(left, frozenset):
-            equal = left == frozenset(right)
-            holds = equal if op == "eq" else (not equal if op == "neq" else None)
-            if holds is None:
+            if op not in ("eq", "neq"):
                 return f"{constraint.describe()} fails: {constraint.left} is a set and cannot be ordered"
+            holds = compare(left, frozenset(right))
         else:
             if len(right) != 1:
                 return f"{constraint.describe()} fails: '{op}' compares with one value"
@@ -135,37 +170,15 @@ def _check_atomic(constraint: Atomic, context: RequestContext) -> str | None:
                 return (
                     f"{constraint.describe()} fails: {right[0]!r} cannot be compared with {constraint.left}"
                 )
-            a, b = pair
-            holds = {
-                "eq": a == b,
-                "neq": a != b,
-                "lt": a < b,
-                "lteq": a <= b,
-                "gt": a > b,
-                "gteq": a >= b,
-            }[op]
+            holds = compare(*pair)
         if holds:
             return None
-        return f"{constraint.left} {shown_left!r} does not satisfy {op} {right[0] if len(right) == 1 else list(right)!r}"
-    left_set, right_set = _as_set(left), frozenset(right)
-    holds = {
-        "isAnyOf": bool(left_set & right_set),
-        "isNoneOf": not (left_set & right_set),
-        "isAllOf": right_set <= left_set,
-        "hasPart": right_set <= left_set,
-        "isPartOf": left_set <= right_set,
-    }[op]
-    if holds:
+        return f"{constraint.left} {_shown(left)!r} does not satisfy {op} {right[0] if len(right) == 1 else list(right)!r}"
+    right_set = frozenset(right)
+    if _SET_TESTS[op](_as_set(left), right_set):
         return None
     wanted = "{" + ", ".join(repr(v) for v in sorted(right_set, key=str)) + "}"
-    phrases = {
-        "isAnyOf": "is not in",
-        "isNoneOf": "is in",
-        "isAllOf": "does not include all of",
-        "hasPart": "does not include all of",
-        "isPartOf": "is not part of",
-    }
-    return f"{constraint.left} {shown_left!r} {phrases[op]} {wanted}"
+    return f"{constraint.left} {_shown(left)!r} {_SET_PHRASES[op]} {wanted}"
 
 
 def check_constraint(constraint: Constraint, context: RequestContext) -> str | None:
@@ -187,26 +200,115 @@ def _rule_failures(rule: Rule, context: RequestContext) -> list[str]:
     return [f for f in (check_constraint(c, context) for c in rule.constraints) if f is not None]
 
 
-def _label(rule: Rule, index: int) -> str:
-    return f"{rule.kind} {index + 1} ({rule.action})"
+Holds = Callable[[Rule], bool]
+NO_PERMISSIONS = "the policy has no permission rules: everyone is admitted"
+
+
+def _overriding(policy: Policy, prohibition: Rule, holds: Holds) -> str | None:
+    """Under ``perm``, the label of the first permission on the prohibition's action that holds."""
+    if policy.conflict != "perm":
+        return None
+    for index, permission in enumerate(policy.permissions):
+        if permission.action == prohibition.action and holds(permission):
+            return rule_label(permission, index)
+    return None
+
+
+def admission(policy: Policy, actions: frozenset[str], holds: Holds) -> tuple[str, ...] | None:
+    """Why a request is admitted, or None when it is not; ``holds`` says whether a rule's constraints hold.
+
+    The whole decision procedure, without the texts of refusals: ``decide`` uses
+    it with the explaining checks below, the policy engine with compiled ones,
+    so both admit alike and name the same rule.
+    """
+    if policy.void_because is not None:
+        return None
+    overrides: list[str] = []
+    for index, prohibition in enumerate(policy.prohibitions):
+        if prohibition.action in actions and holds(prohibition):
+            winner = _overriding(policy, prohibition, holds)
+            if winner is None:
+                return None
+            overrides.append(
+                f"{rule_label(prohibition, index)} holds but {winner} overrides it (conflict strategy perm)"
+            )
+    if not policy.permissions:
+        return (NO_PERMISSIONS,)
+    for index, permission in enumerate(policy.permissions):
+        if permission.action in actions and holds(permission):
+            return (f"admitted by {rule_label(permission, index)}", *overrides)
+    return None
+
+
+def refusal(policy: Policy, context: RequestContext, wanted: frozenset[str]) -> tuple[str, ...]:
+    """Why a request that ``admission`` does not admit is denied: each failed rule and constraint."""
+    void = policy.void_because
+    if void is not None:
+        return (f"the policy is void: {void}",)
+    for index, prohibition in enumerate(policy.prohibitions):
+        if prohibition.action in wanted and not _rule_failures(prohibition, context):
+            conditions = ", ".join(c.describe() for c in prohibition.constraints) or "unconditionally"
+            return (f"denied by {rule_label(prohibition, index)}: {conditions}",)
+    relevant = [(i, r) for i, r in enumerate(policy.permissions) if r.action in wanted]
+    if not relevant:
+        return (f"no permission covers the action {', '.join(sorted(wanted))}",)
+    return tuple(
+        f"denied because {rule_label(permission, index)}: " + "; ".join(_rule_failures(permission, context))
+        for index, permission in relevant
+    )
 
 
 def decide(policy: Policy, context: RequestContext, actions: Iterable[str] = ("use",)) -> Decision:
     """Evaluate ``policy`` for a request by ``context``; the reasons name the rule and constraint."""
     wanted = frozenset(actions)
-    for index, prohibition in enumerate(policy.prohibitions):
-        if prohibition.action in wanted and not _rule_failures(prohibition, context):
-            conditions = ", ".join(c.describe() for c in prohibition.constraints) or "unconditionally"
-            return Decision(False, (f"denied by {_label(prohibition, index)}: {conditions}",))
-    relevant = [(i, r) for i, r in enumerate(policy.permissions) if r.action in wanted]
-    if not policy.permissions:
-        return Decision(True, ("the policy has no permission rules: everyone is admitted",))
-    if not relevant:
-        return Decision(False, (f"no permission covers the action {', '.join(sorted(wanted))}",))
-    reasons: list[str] = []
-    for index, permission in relevant:
-        failures = _rule_failures(permission, context)
-        if not failures:
-            return Decision(True, (f"admitted by {_label(permission, index)}",))
-        reasons.append(f"{_label(permission, index)}: " + "; ".join(failures))
-    return Decision(False, tuple(f"denied because {r}" for r in reasons))
+    admitted = admission(
+        policy, wanted, lambda rule: all(check_constraint(c, context) is None for c in rule.constraints)
+    )
+    if admitted is not None:
+        return Decision(True, admitted)
+    return Decision(False, refusal(policy, context, wanted))
+
+
+# ---------------------------------------------------------------- the operator's "why" view
+
+
+@dataclass(frozen=True)
+class ConstraintCheck:
+    constraint: str  # e.g. "purpose isAnyOf ['traffic-planning']"
+    holds: bool
+    reason: str | None  # why it fails; None when it holds
+
+
+@dataclass(frozen=True)
+class RuleCheck:
+    rule: str  # e.g. "permission 1 (use)"
+    kind: str
+    action: str
+    applies: bool  # the rule governs the requested action
+    holds: bool  # all its constraints hold
+    constraints: tuple[ConstraintCheck, ...]
+
+
+def rule_checks(
+    policy: Policy, context: RequestContext, actions: Iterable[str] = ("use",)
+) -> list[RuleCheck]:
+    """Every permission and prohibition, each constraint checked, with why it fails."""
+    wanted = frozenset(actions)
+    checks: list[RuleCheck] = []
+    for rules in (policy.permissions, policy.prohibitions):
+        for index, rule in enumerate(rules):
+            constraints = tuple(
+                ConstraintCheck(c.describe(), failure is None, failure)
+                for c, failure in ((c, check_constraint(c, context)) for c in rule.constraints)
+            )
+            checks.append(
+                RuleCheck(
+                    rule_label(rule, index),
+                    rule.kind,
+                    rule.action,
+                    rule.action in wanted,
+                    all(c.holds for c in constraints),
+                    constraints,
+                )
+            )
+    return checks

@@ -1,4 +1,10 @@
-"""Policy definitions: named ODRL policies an operator uploads (EDC ``PolicyDefinition``)."""
+"""Policy definitions: named ODRL policies an operator uploads (EDC ``PolicyDefinition``).
+
+Whoever stores, replaces or deletes a definition here also stores its
+compiled Casbin rules (``policies.rule_store``) in the same transaction, so
+the rules can never lag the definitions; policy engines learn of the change
+from the version the write bumps.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +14,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Connection, select
 from sqlmodel import Session
 
 from catalog.assets import now_millis
@@ -16,7 +22,9 @@ from catalog.errors import ConflictError, InvalidInputError, NotFoundError
 from catalog.jsonld import EDC_NS, first_node, node_type
 from catalog.models import ContractDefinition, PolicyDefinition
 from catalog.queryspec import POLICY_FIELDS, QuerySpec
-from policies.odrl import Policy, PolicyError, parse_policy
+from policies.compiler import CompileError, compile_policy
+from policies.odrl import Policy, PolicyError, check_conflicts, parse_policy, rule_label
+from policies.rule_store import delete_policy_rules, write_policy_rules
 
 POLICY_DEFINITION_TYPE = EDC_NS + "PolicyDefinition"
 
@@ -55,8 +63,70 @@ def policy_definition_from_expanded(
         raise InvalidInputError("policy is mandatory", EDC_NS + "policy")
     policy_node = {k: v for k, v in policy_node.items() if k != "@id"}
     policy = _policy_from_node(policy_node)
+    _check_compilable(definition_id, policy)
     private = first_node(node, EDC_NS + "privateProperties") or {}
     return PolicyDefinitionRecord(definition_id, policy_node, policy, private, now_millis())
+
+
+def _check_compilable(definition_id: str, policy: Policy) -> None:
+    """Clashing rules without a conflict strategy, or anything the policy engine cannot compile: 400."""
+    try:
+        check_conflicts(policy)
+        compile_policy(definition_id, policy, "0")
+    except PolicyError as exc:
+        raise InvalidInputError(str(exc), exc.path, exc.invalid_value) from None
+    except CompileError as exc:
+        raise InvalidInputError(str(exc), "policy") from None
+
+
+def policy_problems(definition_id: str, policy_node: Any) -> list[str]:
+    """Everything that makes a (stored) policy unusable: parse errors, unresolved clashes, compile errors."""
+    try:
+        policy = parse_policy(policy_node)
+    except PolicyError as exc:
+        return [f"{exc.path}: {exc}"]
+    problems = []
+    if policy.void_because is not None:
+        strategy = (
+            "the conflict strategy is invalid" if policy.conflict == "invalid" else "no conflict strategy"
+        )
+        problems = [
+            f"{rule_label(policy.permissions[c.permission], c.permission)} and "
+            f"{rule_label(policy.prohibitions[c.prohibition], c.prohibition)} clash on action {c.action!r} "
+            f"and {strategy} resolves it"
+            for c in policy.clashes
+        ]
+    try:
+        compile_policy(definition_id, policy, "0")
+    except CompileError as exc:
+        problems.append(str(exc))
+    return problems
+
+
+def stored_policy_node(session: Session, definition_id: str) -> dict[str, Any] | None:
+    """The stored policy as it is, without parsing it (None: no such definition)."""
+    row = session.get(PolicyDefinition, definition_id)
+    if row is None:
+        return None
+    node: dict[str, Any] = json.loads(row.policy)
+    return node
+
+
+def stored_policies(connection: Connection, ids: list[str] | None = None) -> dict[str, Policy | None]:
+    """Policy id -> its parsed policy (None where the stored text no longer parses), for the engine."""
+    table = PolicyDefinition.__table__  # type: ignore[attr-defined]
+    found: dict[str, Policy | None] = {}
+    chunks = [None] if ids is None else [ids[i : i + 500] for i in range(0, len(ids), 500)]
+    for chunk in chunks:
+        statement = select(table.c.id, table.c.policy)
+        if chunk is not None:
+            statement = statement.where(table.c.id.in_(chunk))
+        for definition_id, text in connection.execute(statement):
+            try:
+                found[definition_id] = _parsed(text)
+            except InvalidInputError:
+                found[definition_id] = None
+    return found
 
 
 @lru_cache(maxsize=4096)
@@ -84,6 +154,7 @@ def create_policy_definition(session: Session, record: PolicyDefinitionRecord) -
             created_at=record.created_at,
         )
     )
+    write_policy_rules(session.connection(), record.id, record.policy)  # same transaction
     session.commit()
     return record
 
@@ -95,6 +166,7 @@ def replace_policy_definition(session: Session, record: PolicyDefinitionRecord) 
     row.policy = json.dumps(record.policy_node)
     row.private_properties = json.dumps(record.private_properties)
     session.add(row)
+    write_policy_rules(session.connection(), record.id, record.policy)  # same transaction
     session.commit()
 
 
@@ -113,6 +185,7 @@ def delete_policy_definition(session: Session, definition_id: str) -> None:
             f"PolicyDefinition {definition_id} cannot be deleted as it is referenced by contract definition {referenced}"
         )
     session.delete(row)
+    delete_policy_rules(session.connection(), definition_id)  # same transaction
     session.commit()
 
 

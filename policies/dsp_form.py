@@ -75,4 +75,7 @@ def offer_to_dsp(
         offer["prohibition"] = prohibitions
     if obligations:
         offer["obligation"] = obligations
+    if policy.conflict is not None:
+        # Which of clashing rules wins is part of the terms (the DSP context names the odrl: prefix).
+        offer["odrl:conflict"] = {"@id": "odrl:" + policy.conflict}
     return offer

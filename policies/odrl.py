@@ -3,11 +3,19 @@
 Validation names the first thing it does not understand (an unknown left
 operand, operator or logical constraint), so an operator learns at upload,
 not at the first refused request.
+
+The policy-level ``conflict`` term (ODRL 2.2 §2.7.1) says what happens when a
+permission and a prohibition govern the same action: ``perm`` — a permission
+that holds wins; ``prohibit`` — a prohibition that holds wins; ``invalid``,
+the default when the term is absent — the policy is void. ``clashes`` finds
+such pairs; ``check_conflicts`` refuses a policy whose clashes nothing
+resolves, which the Management API does at upload.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Literal
 
 from catalog.jsonld import EDC_NS, ODRL_NS, TESSERA_NS, node_type, values
@@ -31,6 +39,8 @@ LEFT_OPERANDS = {
     EDC_NS + "membership": "membership",
 }
 RuleKind = Literal["permission", "prohibition", "obligation"]
+ConflictStrategy = Literal["perm", "prohibit", "invalid"]
+CONFLICT_STRATEGIES: tuple[ConflictStrategy, ...] = ("perm", "prohibit", "invalid")
 
 
 class PolicyError(ValueError):
@@ -71,11 +81,54 @@ class Rule:
     duties: tuple[Rule, ...] = ()
 
 
+def rule_label(rule: Rule, index: int) -> str:
+    """How explanations name a rule: ``permission 1 (use)`` (1-based, in upload order)."""
+    return f"{rule.kind} {index + 1} ({rule.action})"
+
+
+@dataclass(frozen=True)
+class Clash:
+    """A permission and a prohibition on the same action (indexes into the policy's rules)."""
+
+    permission: int
+    prohibition: int
+    action: str
+
+
 @dataclass(frozen=True)
 class Policy:
     permissions: tuple[Rule, ...]
     prohibitions: tuple[Rule, ...]
     obligations: tuple[Rule, ...]
+    conflict: ConflictStrategy | None = None  # None: the term is absent, which ODRL reads as invalid
+
+    @cached_property
+    def clashes(self) -> tuple[Clash, ...]:
+        return tuple(
+            Clash(i, j, permission.action)
+            for i, permission in enumerate(self.permissions)
+            for j, prohibition in enumerate(self.prohibitions)
+            if permission.action == prohibition.action
+        )
+
+    @cached_property
+    def void_because(self) -> str | None:
+        """Why the policy is void (clashing rules and no strategy resolving them), or None."""
+        clashes = self.clashes
+        if not clashes or self.conflict in ("perm", "prohibit"):
+            return None
+        first = clashes[0]
+        pair = (
+            f"{rule_label(self.permissions[first.permission], first.permission)} and "
+            f"{rule_label(self.prohibitions[first.prohibition], first.prohibition)}"
+        )
+        more = f" (and {len(clashes) - 1} more such pairs)" if len(clashes) > 1 else ""
+        if self.conflict == "invalid":
+            return f"{pair} clash on action {first.action!r}{more} and the conflict strategy is invalid"
+        return (
+            f"{pair} clash on action {first.action!r}{more} and the policy names no conflict strategy "
+            "(set conflict to perm or prohibit)"
+        )
 
     @property
     def left_operands(self) -> frozenset[str]:
@@ -190,8 +243,38 @@ def _rule(node: Any, kind: RuleKind, path: str) -> Rule:
     return Rule(kind, action, constraints, duties)
 
 
+def _conflict(node: dict[str, Any]) -> ConflictStrategy | None:
+    items = values(node, ODRL_NS + "conflict")
+    if not items:
+        return None
+    if len(items) != 1:
+        raise PolicyError("a policy has at most one conflict strategy", "policy/conflict")
+    name = _local(items[0])
+    if isinstance(name, str) and name.startswith("odrl:"):
+        name = name[len("odrl:") :]
+    for strategy in CONFLICT_STRATEGIES:
+        if name == strategy:
+            return strategy
+    raise PolicyError(
+        f"conflict {name!r} is not supported (supported: {', '.join(CONFLICT_STRATEGIES)})",
+        "policy/conflict",
+        name,
+    )
+
+
+def check_conflicts(policy: Policy) -> None:
+    """Refuse a policy whose permission and prohibition clash with nothing to resolve it."""
+    reason = policy.void_because
+    if reason is not None:
+        raise PolicyError(reason, "policy/conflict", policy.conflict)
+
+
 def parse_policy(node: Any, *, require_set: bool = True) -> Policy:
-    """Read an expanded ODRL policy; PolicyError names the first problem."""
+    """Read an expanded ODRL policy; PolicyError names the first problem.
+
+    Clashing rules are not refused here (a stored or received policy must stay
+    readable: it is void, and ``decide`` denies); ``check_conflicts`` refuses them.
+    """
     if not isinstance(node, dict):
         raise PolicyError("the policy must be an object", "policy")
     types = node_type(node)
@@ -211,4 +294,5 @@ def parse_policy(node: Any, *, require_set: bool = True) -> Policy:
             _rule(r, "obligation", f"policy/obligation/{i}")
             for i, r in enumerate(values(node, ODRL_NS + "obligation"))
         ),
+        conflict=_conflict(node),
     )

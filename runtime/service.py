@@ -13,7 +13,8 @@ import socket
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -32,6 +33,9 @@ from runtime.http import Metrics, install_http_plumbing
 from runtime.logging import configure_logging, get_logger
 from runtime.migrate import upgrade
 from runtime.settings import ParticipantSettings
+
+if TYPE_CHECKING:
+    from policies.engine import PolicyEngine
 
 
 @dataclass
@@ -61,6 +65,13 @@ class ServiceCore:
         )
         client = PeerClient(settings.did, key, lifetime=settings.token_lifetime_seconds)
         return cls(settings, engine, key, metrics, authenticator, client)
+
+    @cached_property
+    def policy_engine(self) -> PolicyEngine:
+        """The connector's policy engine (loaded, and compiled if need be, on first use)."""
+        from policies.engine import PolicyEngine
+
+        return PolicyEngine(self.engine)
 
 
 BackgroundJob = Callable[[], Coroutine[Any, Any, None]]

@@ -107,7 +107,7 @@ def policy_body(
     policy_id: str,
     permissions: Sequence[dict[str, Any]] = (),
     prohibitions: Sequence[dict[str, Any]] = (),
-    conflict: str | None = None,
+    conflict: str | dict[str, str] | None = None,  # a name or {"@id": "odrl:perm"}
 ) -> dict[str, Any]:
     """A PolicyDefinition in the form of EDC's management context (bare ODRL terms)."""
     policy: dict[str, Any] = {"@type": "Set", "permission": list(permissions)}

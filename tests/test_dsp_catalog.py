@@ -187,7 +187,10 @@ def test_visibility_follows_definitions_and_access_policies(
         api,
         POLICIES,
         policy_body(
-            "prohibited-for-transit", [rule()], [rule(constraint("participantId", "eq", transit.did))]
+            "prohibited-for-transit",
+            [rule()],
+            [rule(constraint("participantId", "eq", transit.did))],
+            conflict="prohibit",  # without a strategy these clashing rules are refused at upload
         ),
     )
     for name in [*access, "prohibited-for-transit", "unoffered"]:

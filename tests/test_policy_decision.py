@@ -26,7 +26,7 @@ NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 def policy(
     permissions: Sequence[dict[str, Any]] = (),
     prohibitions: Sequence[dict[str, Any]] = (),
-    conflict: str | None = None,
+    conflict: str | dict[str, str] | None = None,  # a name or {"@id": "odrl:perm"}
 ) -> Policy:
     """A policy as the Management API stores it, from the body the Tractus-X SDK would send."""
     node = expand_management_input(policy_body("p", permissions, prohibitions, conflict))

@@ -133,11 +133,12 @@ def catalog_router() -> APIRouter:
             raise _catalog_error(400, *exc.reasons) from None
         criteria = _filter(message)
         offset, limit = _page_params(request)
-        settings = service_core(request).settings
+        core = service_core(request)
+        settings = core.settings
 
         def build() -> tuple[dict[str, Any], bool]:
             # Database and policy work: off the event loop.
-            page = Offering(session, request_context(peer)).page(criteria, offset, limit)
+            page = Offering(session, request_context(peer), core.policy_engine).page(criteria, offset, limit)
             catalog: dict[str, Any] = {
                 "@context": [DSPACE_CONTEXT_URL],
                 "@id": f"urn:tessera:catalog:{settings.did}",
@@ -160,8 +161,9 @@ def catalog_router() -> APIRouter:
         peer: Peer = Depends(authenticated_peer),
         session: Session = Depends(db_session),
     ) -> JSONResponse:
-        settings = service_core(request).settings
-        offered = Offering(session, request_context(peer)).dataset(dataset_id)
+        core = service_core(request)
+        settings = core.settings
+        offered = Offering(session, request_context(peer), core.policy_engine).dataset(dataset_id)
         if offered is None:  # unknown and hidden look the same: nothing leaks about hidden datasets
             raise _catalog_error(404, f"dataset {dataset_id} is not in the catalog")
         body = {"@context": [DSPACE_CONTEXT_URL], **dataset_to_dsp(offered, settings.did)}

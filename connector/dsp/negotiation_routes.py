@@ -24,6 +24,7 @@ from connector.dsp import negotiation_messages as wire
 from connector.dsp.errors import DspError
 from connector.dsp.messages import DspMessageError, normalise
 from connector.negotiations import (
+    INITIAL,
     NegotiationError,
     address_is_under,
     find_by_pid,
@@ -31,6 +32,7 @@ from connector.negotiations import (
     now_ms,
     provider_receive_initial_request,
     receive,
+    settle,
 )
 from contracts.models import NegotiationRow
 from contracts.negotiation import Message, Role, transition
@@ -84,7 +86,10 @@ def _kick(request: Request, row: NegotiationRow) -> BackgroundTask | None:
 
 
 def _state_object(row: NegotiationRow) -> dict[str, Any]:
-    return wire.negotiation_object(row.provider_pid or "", row.consumer_pid or "", row.state)
+    # A consumer's request the provider has answered, before the answer is recorded, is REQUESTED
+    # to the provider: DSP has no INITIAL state.
+    state = "REQUESTED" if row.state == INITIAL else row.state
+    return wire.negotiation_object(row.provider_pid or "", row.consumer_pid or "", state)
 
 
 def negotiation_router() -> APIRouter:
@@ -101,7 +106,16 @@ def negotiation_router() -> APIRouter:
             core = service_core(request)
 
             def apply() -> NegotiationRow:
-                row = find_by_pid(session, pid, peer.did)
+                row = settle(session, find_by_pid(session, pid, peer.did), kind)
+                if (
+                    row.role == Role.CONSUMER.value
+                    and row.provider_pid is None
+                    and row.state != INITIAL
+                    and message.get("consumerPid") == row.consumer_pid
+                ):
+                    # The provider acknowledged our request without a body (200/204): its
+                    # first message tells us its pid.
+                    row.provider_pid = message.get("providerPid")
                 if (message.get("providerPid"), message.get("consumerPid")) != (
                     row.provider_pid,
                     row.consumer_pid,

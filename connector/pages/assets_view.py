@@ -36,6 +36,7 @@ from connector.pages.words import policy_words, selector_words
 from identity.trustlist import list_members
 from policies.decision import RequestContext
 from policies.definitions import get_policy_definition
+from policies.engine import PolicyEngine
 
 PAGE_SIZE = 50
 FIELD_LABELS = {
@@ -189,13 +190,13 @@ def _policy_view(session: Session, policy_id: str) -> PolicyView:
 
 
 def _audience(
-    session: Session, asset_id: str, definitions: Sequence[ContractDefinitionRecord]
+    session: Session, asset_id: str, definitions: Sequence[ContractDefinitionRecord], engine: PolicyEngine
 ) -> tuple[AudienceRow, ...]:
     selecting = {d.id for d in definitions}
     rows = []
     for member in list_members(session):
         context = RequestContext(participant_id=member.did, memberships=frozenset(member.memberships))
-        offering = Offering(session, context)
+        offering = Offering(session, context, engine)
         reasons = tuple(
             f"{outcome.contract_definition.id}: {outcome.decision.explanation}"
             for outcome in offering.outcomes
@@ -207,7 +208,7 @@ def _audience(
     return tuple(rows)
 
 
-def asset_detail(session: Session, asset: AssetRecord) -> AssetDetail:
+def asset_detail(session: Session, asset: AssetRecord, engine: PolicyEngine) -> AssetDetail:
     definitions = _selecting(session, all_contract_definitions(session), [asset.id])[asset.id]
     views = tuple(
         DefinitionView(
@@ -225,5 +226,5 @@ def asset_detail(session: Session, asset: AssetRecord) -> AssetDetail:
         metadata_fields(asset),
         public_data_address(asset.data_address),
         views,
-        _audience(session, asset.id, definitions),
+        _audience(session, asset.id, definitions, engine),
     )

@@ -108,3 +108,49 @@ def page(
         )
     )
     return HTMLResponse(html, status_code=status, headers={**PAGE_HEADERS, **(headers or {})})
+
+
+def refused_page(request: Request, csrf_token: str | None) -> HTMLResponse:
+    """403: a form without its CSRF token (or with a wrong one)."""
+    return page(
+        request,
+        "message.html",
+        title="Request refused",
+        status=403,
+        csrf_token=csrf_token,
+        heading="Request refused",
+        message="The form was missing its security token or the token was wrong. "
+        "Go back, reload the page and try again.",
+    )
+
+
+SECTION_HOMES = {
+    "assets": ("/ui", "Back to assets and offers"),
+    "marketplace": ("/ui/marketplace", "Back to the marketplace"),
+    "negotiations": ("/ui/negotiations", "Back to negotiations"),
+    "agreements": ("/ui/agreements", "Back to agreements"),
+}
+
+
+def not_found_page(
+    request: Request,
+    csrf_token: str,
+    section: str,
+    what: str,
+    *,
+    status: int = 404,
+    heading: str = "Not found",
+) -> HTMLResponse:
+    back_url, back_text = SECTION_HOMES.get(section, SECTION_HOMES["assets"])
+    return page(
+        request,
+        "message.html",
+        title=heading,
+        status=status,
+        csrf_token=csrf_token,
+        section=section,
+        heading=heading,
+        message=what,
+        back_url=back_url,
+        back_text=back_text,
+    )

@@ -1,4 +1,4 @@
-"""``/ui``: the operator pages — sign-in, assets and offers, the marketplace.
+"""``/ui``: the operator pages — sign-in, assets and offers, the marketplace, negotiations, agreements.
 
 Server-rendered HTML that works without JavaScript. Every page but sign-in
 needs a session (else it redirects to ``/ui/login``); every form that changes
@@ -41,9 +41,10 @@ from connector.pages.marketplace_view import (
     offers_of,
     search,
 )
+from connector.pages.negotiation_routes import negotiation_pages_router
 from connector.pages.ratelimit import SlidingWindowLimiter
-from connector.pages.render import page, stylesheet
-from runtime.dependencies import db_session
+from connector.pages.render import not_found_page, page, refused_page, stylesheet
+from runtime.dependencies import db_session, service_core
 
 SIGN_IN_ATTEMPTS = 10
 SIGN_IN_WINDOW_SECONDS = 60.0
@@ -73,32 +74,6 @@ def _login_page(
     )
     set_cookie(request, response, LOGIN_CSRF_COOKIE, token, LOGIN_CSRF_LIFETIME_SECONDS)
     return response
-
-
-def _refused(request: Request, csrf_token: str | None) -> HTMLResponse:
-    return page(
-        request,
-        "message.html",
-        title="Request refused",
-        status=403,
-        csrf_token=csrf_token,
-        heading="Request refused",
-        message="The form was missing its security token or the token was wrong. "
-        "Go back, reload the page and try again.",
-    )
-
-
-def _not_found(request: Request, csrf_token: str, section: str, what: str) -> HTMLResponse:
-    return page(
-        request,
-        "message.html",
-        title="Not found",
-        status=404,
-        csrf_token=csrf_token,
-        section=section,
-        heading="Not found",
-        message=what,
-    )
 
 
 def _page_number(request: Request) -> int:
@@ -145,7 +120,7 @@ def pages_router() -> APIRouter:
                 headers={"Retry-After": str(seconds)},
             )
         if not login_csrf_matches(request, form):
-            return _refused(request, None)
+            return refused_page(request, None)
         signer = signer_for(request)
         if signer is None or not api_key_matches(request, str(form.get("api_key", ""))):
             return _login_page(
@@ -168,7 +143,7 @@ def pages_router() -> APIRouter:
             return RedirectResponse(LOGIN_PATH, status_code=303)
         supplied = form.get(CSRF_FIELD)
         if not signer.csrf_matches(token, supplied if isinstance(supplied, str) else None):
-            return _refused(request, signer.csrf_for(token))
+            return refused_page(request, signer.csrf_for(token))
         response = RedirectResponse(f"{LOGIN_PATH}?signed_out=true", status_code=303)
         clear_cookie(request, response, SESSION_COOKIE)
         return response
@@ -199,8 +174,8 @@ def pages_router() -> APIRouter:
     ) -> Response:
         record = get_asset(session, asset_id)
         if record is None:
-            return _not_found(request, csrf, "assets", f"This connector has no asset {asset_id}.")
-        detail = asset_detail(session, record)
+            return not_found_page(request, csrf, "assets", f"This connector has no asset {asset_id}.")
+        detail = asset_detail(session, record, service_core(request).policy_engine)
         return page(
             request,
             "asset.html",
@@ -237,7 +212,7 @@ def pages_router() -> APIRouter:
     ) -> Response:
         item = cached_dataset(session, participant, dataset_id)
         if item is None:
-            return _not_found(
+            return not_found_page(
                 request,
                 csrf,
                 "marketplace",
@@ -254,4 +229,5 @@ def pages_router() -> APIRouter:
             formats=formats_of(item),
         )
 
+    router.include_router(negotiation_pages_router())
     return router
