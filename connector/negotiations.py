@@ -366,11 +366,21 @@ def _build_agreement(core: ServiceCore, row: NegotiationRow) -> dict[str, Any]:
     return agreement
 
 
-def _provider_agree_or_refuse(session: Session, core: ServiceCore, row: NegotiationRow) -> None:
-    """Agree when the contract policy admits the consumer; otherwise terminate, saying why."""
+def _provider_agree_or_refuse(
+    session: Session, core: ServiceCore, row: NegotiationRow, *, by_operator: bool = False
+) -> None:
+    """Agree when the contract policy admits the consumer; otherwise terminate, saying why.
+
+    An operator's "agree" is refused instead (409, with the explanation): a person asked, so the
+    negotiation stays as it was for them to decide what next.
+    """
     definition = get_contract_definition(session, row.contract_definition_id or "")
     policy_id = definition.contract_policy_id if definition else ""
     decision = _policy_decision(core, policy_id, _request_context(session, row.counter_party_did))
+    if not decision.allowed and by_operator:
+        raise NegotiationError(
+            409, f"the contract policy does not admit {row.counter_party_did}: {decision.explanation}", row
+        )
     if not decision.allowed:
         row.error_detail = decision.explanation
         _enqueue(
@@ -593,6 +603,15 @@ def _check_role(row: NegotiationRow, role: Role, action: str) -> None:
         )
 
 
+def _operator_offer(row: NegotiationRow, body: dict[str, Any] | None) -> dict[str, Any]:
+    """An operator's (counter-)offer: the terms given, for this negotiation's dataset and offer id."""
+    offer = dict(body or {})
+    offer.setdefault("@id", json.loads(row.offer).get("@id"))
+    offer["target"] = row.asset_id
+    offer["@type"] = "Offer"
+    return offer
+
+
 def operator_action(
     session: Session, core: ServiceCore, row: NegotiationRow, action: str, body: dict[str, Any] | None
 ) -> None:
@@ -615,56 +634,26 @@ def operator_action(
     elif action == "agree":
         _check_role(row, Role.PROVIDER, "agree")
         _allowed(row, Message.AGREEMENT)
-        definition = get_contract_definition(session, row.contract_definition_id or "")
-        decision = _policy_decision(
-            core,
-            definition.contract_policy_id if definition else "",
-            _request_context(session, row.counter_party_did),
-        )
-        if not decision.allowed:
-            raise NegotiationError(
-                409,
-                f"the contract policy does not admit {row.counter_party_did}: {decision.explanation}",
-                row,
-            )
-        _provider_agree_or_refuse(session, core, row)
+        _provider_agree_or_refuse(session, core, row, by_operator=True)
     elif action == "finalize":
         _check_role(row, Role.PROVIDER, "finalize")
         _enqueue(row, _event(row, Message.FINALIZED))
     elif action == "offer":
         _check_role(row, Role.PROVIDER, "offer")
-        offer = dict(body or {})
-        offer.setdefault("@id", json.loads(row.offer).get("@id"))
-        offer["target"] = row.asset_id
-        offer["@type"] = "Offer"
-        row.offer = json.dumps(offer)
+        offer = _operator_offer(row, body)
         url = f"{_peer_address(row)}/negotiations/{row.consumer_pid}/offers"
-        _enqueue(
-            row,
-            Pending(
-                Message.OFFER,
-                url,
-                wire.offer_message(row.provider_pid or "", offer, consumer_pid=row.consumer_pid),
-            ),
-        )
+        message = wire.offer_message(row.provider_pid or "", offer, consumer_pid=row.consumer_pid)
+        _enqueue(row, Pending(Message.OFFER, url, message))
+        row.offer = json.dumps(offer)
     elif action == "accept":
         _check_role(row, Role.CONSUMER, "accept")
         _enqueue(row, _event(row, Message.ACCEPTED))
     elif action == "request":
         _check_role(row, Role.CONSUMER, "make a counter-request")
-        offer = dict(body or {})
-        offer.setdefault("@id", json.loads(row.offer).get("@id"))
-        offer["target"] = row.asset_id
-        offer["@type"] = "Offer"
+        offer = _operator_offer(row, body)
         url = f"{_peer_address(row)}/negotiations/{row.provider_pid}/request"
-        _enqueue(
-            row,
-            Pending(
-                Message.REQUEST,
-                url,
-                wire.request_message(row.consumer_pid or "", offer, provider_pid=row.provider_pid),
-            ),
-        )
+        message = wire.request_message(row.consumer_pid or "", offer, provider_pid=row.provider_pid)
+        _enqueue(row, Pending(Message.REQUEST, url, message))
         row.offer = json.dumps(offer)
     elif action == "verify":
         _check_role(row, Role.CONSUMER, "verify")
