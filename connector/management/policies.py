@@ -8,22 +8,15 @@ has committed, this replica's policy engine applies the change at once
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse
 from sqlmodel import Session
 
 from catalog.errors import NotFoundError
 from connector.management.auth import require_api_key
-from connector.management.common import (
-    compacted,
-    compacted_list,
-    expanded_body,
-    id_response,
-    no_content,
-    query_spec_body,
-    same_id,
-)
+from connector.management.crud import Resource, crud_router
 from connector.management.policy_explain import explain_request, explanation_body, validation_body
 from policies.definitions import (
+    PolicyDefinitionRecord,
     create_policy_definition,
     delete_policy_definition,
     get_policy_definition,
@@ -39,37 +32,33 @@ from runtime.requests import read_json
 
 
 def _not_found(definition_id: str) -> NotFoundError:
-    return NotFoundError(f"Object of type PolicyDefinition with ID={definition_id} was not found")
+    return POLICY_DEFINITIONS.not_found(definition_id)
+
+
+POLICY_DEFINITIONS: Resource[PolicyDefinitionRecord] = Resource(
+    path="/management/v3/policydefinitions",
+    type_name="PolicyDefinition",
+    from_expanded=policy_definition_from_expanded,
+    to_expanded=policy_definition_to_expanded,
+    create=create_policy_definition,
+    replace=replace_policy_definition,
+    delete=delete_policy_definition,
+    get=get_policy_definition,
+    query=query_policy_definitions,
+    record_id=lambda record: record.id,
+    created_at=lambda record: record.created_at,
+    id_from_path=True,
+    on_written=lambda request, record: service_core(request).policy_engine.compile(record),
+    on_deleted=lambda request, definition_id: service_core(request).policy_engine.remove(definition_id),
+)
 
 
 def policies_router() -> APIRouter:
-    router = APIRouter(
-        prefix="/management/v3/policydefinitions", tags=["policies"], dependencies=[Depends(require_api_key)]
-    )
+    # The two routes below are declared first so that "/{id}/validate" is not read as an id.
+    router = APIRouter(tags=["policies"])
+    authenticated = [Depends(require_api_key)]  # the CRUD routes included below bring their own
 
-    @router.post("")
-    async def create(request: Request, session: Session = Depends(db_session)) -> JSONResponse:
-        record = create_policy_definition(
-            session, policy_definition_from_expanded(await expanded_body(request))
-        )
-        service_core(request).policy_engine.compile(record)
-        return id_response(record.id, record.created_at)
-
-    @router.post("/request")
-    async def query(request: Request, session: Session = Depends(db_session)) -> JSONResponse:
-        spec = await query_spec_body(request)
-        return compacted_list(
-            [policy_definition_to_expanded(r) for r in query_policy_definitions(session, spec)]
-        )
-
-    @router.get("/{definition_id}")
-    def get(definition_id: str, session: Session = Depends(db_session)) -> JSONResponse:
-        record = get_policy_definition(session, definition_id)
-        if record is None:
-            raise _not_found(definition_id)
-        return compacted(policy_definition_to_expanded(record))
-
-    @router.post("/{definition_id}/validate")
+    @router.post(POLICY_DEFINITIONS.path + "/{definition_id}/validate", dependencies=authenticated)
     def validate(definition_id: str, session: Session = Depends(db_session)) -> JSONResponse:
         """Is the stored definition usable: does it parse, are its clashes resolved, does it compile?"""
         node = stored_policy_node(session, definition_id)
@@ -77,7 +66,7 @@ def policies_router() -> APIRouter:
             raise _not_found(definition_id)
         return JSONResponse(validation_body(policy_problems(definition_id, node)))
 
-    @router.post("/{definition_id}/explain")
+    @router.post(POLICY_DEFINITIONS.path + "/{definition_id}/explain", dependencies=authenticated)
     async def explain(
         definition_id: str, request: Request, session: Session = Depends(db_session)
     ) -> JSONResponse:
@@ -94,24 +83,5 @@ def policies_router() -> APIRouter:
             raise _not_found(definition_id)
         return JSONResponse(explanation_body(explanation))
 
-    @router.put("")
-    @router.put("/{definition_id}")
-    async def update(
-        request: Request, definition_id: str | None = None, session: Session = Depends(db_session)
-    ) -> Response:
-        node = await expanded_body(request)
-        if definition_id is not None and "@id" not in node:
-            node["@id"] = definition_id  # EDC's own route names the id in the path only
-        record = policy_definition_from_expanded(node, require_id=True)
-        same_id(definition_id, record.id)
-        replace_policy_definition(session, record)
-        service_core(request).policy_engine.compile(record)
-        return no_content()
-
-    @router.delete("/{definition_id}")
-    def remove(definition_id: str, request: Request, session: Session = Depends(db_session)) -> Response:
-        delete_policy_definition(session, definition_id)
-        service_core(request).policy_engine.remove(definition_id)
-        return no_content()
-
+    router.include_router(crud_router(POLICY_DEFINITIONS, tag="policies"))
     return router
