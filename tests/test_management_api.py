@@ -601,3 +601,64 @@ def test_bad_input_is_refused_and_writes_nothing(make_connector: MakeConnector, 
     edc_error(api.put(CONTRACT_DEFINITIONS, json=bad_definition), 400, "ValidationFailure", "ghost")
     assert api.get(f"{CONTRACT_DEFINITIONS}/offer").json()["accessPolicyId"] == "open"
     assert row_counts(city.core.engine) == before
+
+
+def test_what_an_agreement_names_cannot_be_deleted(make_connector: MakeConnector, database_url: str) -> None:
+    from contracts.agreements import AgreementRecord, store_agreement
+    from contracts.models import NegotiationRow
+
+    city = make_connector("city", database_url=database_url)
+    api = management(city)
+    create(api, POLICIES, policy_body("open"))
+    create(api, ASSETS, asset_body("buses"))
+    create(
+        api,
+        CONTRACT_DEFINITIONS,
+        contract_definition_body("offer-buses", "open", "open", [("id", "=", "buses")]),
+    )
+    agreement = {
+        "@id": "urn:uuid:agreed",
+        "@type": "Agreement",
+        "target": "buses",
+        "assigner": city.did,
+        "assignee": "did:web:transit.example",
+        "permission": [{"action": "use"}],
+    }
+    with Session(city.core.engine) as session:
+        session.add(
+            NegotiationRow(
+                id="n1",
+                role="provider",
+                provider_pid="urn:p",
+                consumer_pid="urn:c",
+                counter_party_did="did:web:transit.example",
+                counter_party_address="http://127.0.0.1:9/dsp/2025-1",
+                state="FINALIZED",
+                asset_id="buses",
+                contract_definition_id="offer-buses",
+                offer="{}",
+                agreement_id="urn:uuid:agreed",
+                created_at=now_millis(),
+                updated_at=now_millis(),
+            )
+        )
+        session.commit()
+        store_agreement(
+            session,
+            AgreementRecord(
+                "urn:uuid:agreed",
+                "n1",
+                city.did,
+                "did:web:transit.example",
+                "buses",
+                agreement,
+                now_millis(),
+                None,
+                None,
+            ),
+        )
+
+    edc_error(api.delete(f"{ASSETS}/buses"), 409, "ObjectConflict", "urn:uuid:agreed")
+    edc_error(api.delete(f"{CONTRACT_DEFINITIONS}/offer-buses"), 409, "ObjectConflict", "urn:uuid:agreed")
+    assert api.get(f"{ASSETS}/buses").status_code == 200, "the asset is still there"
+    assert api.get(f"{CONTRACT_DEFINITIONS}/offer-buses").status_code == 200

@@ -9,12 +9,12 @@ from catalog.assets import (
     asset_from_expanded,
     asset_to_expanded,
     create_asset,
-    delete_asset,
     get_asset,
     query_assets,
     replace_asset,
 )
 from connector.management.crud import Resource, crud_router
+from connector.management.references import delete_unreferenced_asset
 
 ASSETS: Resource[AssetRecord] = Resource(
     path="/management/v3/assets",
@@ -23,7 +23,7 @@ ASSETS: Resource[AssetRecord] = Resource(
     to_expanded=asset_to_expanded,
     create=create_asset,
     replace=replace_asset,
-    delete=delete_asset,
+    delete=delete_unreferenced_asset,
     get=get_asset,
     query=query_assets,
     record_id=lambda record: record.id,

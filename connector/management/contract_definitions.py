@@ -9,12 +9,12 @@ from catalog.contract_definitions import (
     contract_definition_from_expanded,
     contract_definition_to_expanded,
     create_contract_definition,
-    delete_contract_definition,
     get_contract_definition,
     query_contract_definitions,
     replace_contract_definition,
 )
 from connector.management.crud import Resource, crud_router
+from connector.management.references import delete_unreferenced_contract_definition
 
 CONTRACT_DEFINITIONS: Resource[ContractDefinitionRecord] = Resource(
     path="/management/v3/contractdefinitions",
@@ -23,7 +23,7 @@ CONTRACT_DEFINITIONS: Resource[ContractDefinitionRecord] = Resource(
     to_expanded=contract_definition_to_expanded,
     create=create_contract_definition,
     replace=replace_contract_definition,
-    delete=delete_contract_definition,
+    delete=delete_unreferenced_contract_definition,
     get=get_contract_definition,
     query=query_contract_definitions,
     record_id=lambda record: record.id,
