@@ -21,8 +21,9 @@ from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import or_, select, update
 from sqlmodel import Session
 
+from catalog.assets import now_millis
 from catalog.queryspec import table_of
-from connector.negotiations import Pending, delivered, now_ms, undeliverable
+from connector.negotiations import Pending, delivered, undeliverable
 from contracts.models import NegotiationRow
 from runtime.logging import get_logger
 from runtime.service import ServiceCore
@@ -53,7 +54,7 @@ class NegotiationWorker:
     # ---- leases
 
     def _lease(self, negotiation_id: str) -> bool:
-        now = now_ms()
+        now = now_millis()
         statement = (
             update(_TABLE)
             .where(
@@ -77,7 +78,7 @@ class NegotiationWorker:
             connection.execute(statement)
 
     def _due(self) -> list[str]:
-        now = now_ms()
+        now = now_millis()
         statement = (
             select(_N.id)
             .where(
@@ -161,7 +162,7 @@ class NegotiationWorker:
                 undeliverable(session, row, reason)
                 log.warning("negotiation terminated", negotiation=row.id, reason=reason)
                 return
-            row.next_attempt_at = now_ms() + backoff_ms(row.attempts)
+            row.next_attempt_at = now_millis() + backoff_ms(row.attempts)
             row.error_detail = f"retrying {pending.message.value}: {error}"
             session.add(row)
             session.commit()

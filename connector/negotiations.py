@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 from sqlalchemy import or_, select
 from sqlmodel import Session
 
+from catalog.assets import now_millis
 from catalog.contract_definitions import get_contract_definition
 from catalog.models import Asset
 from catalog.queryspec import A_ID, selector_condition, table_of
@@ -79,10 +80,6 @@ class Pending:
     def from_json(cls, text: str) -> Pending:
         data = json.loads(text)
         return cls(Message(data["message"]), data["url"], data["body"], data.get("agreement"))
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def new_pid() -> str:
@@ -153,7 +150,7 @@ def settle(session: Session, row: NegotiationRow, kind: Message) -> NegotiationR
     while (
         row.pending_message is not None
         and row.lease_until is not None
-        and row.lease_until > now_ms()
+        and row.lease_until > now_millis()
         and time.monotonic() < deadline
     ):
         try:
@@ -170,7 +167,7 @@ def settle(session: Session, row: NegotiationRow, kind: Message) -> NegotiationR
 
 
 def _touch(row: NegotiationRow) -> None:
-    row.updated_at = now_ms()
+    row.updated_at = now_millis()
 
 
 def _allowed(row: NegotiationRow, message: Message) -> State:
@@ -188,7 +185,7 @@ def _enqueue(row: NegotiationRow, pending: Pending) -> None:
     _allowed(row, pending.message)  # refuse now what the counter-party would refuse
     row.pending_message = pending.to_json()
     row.attempts = 0
-    row.next_attempt_at = now_ms() + KICK_GRACE_MS
+    row.next_attempt_at = now_millis() + KICK_GRACE_MS
     _touch(row)
 
 
@@ -230,7 +227,7 @@ def delivered(
                     consumer_did=agreement["assignee"],
                     asset_id=agreement["target"],
                     agreement=agreement,
-                    signed_at=now_ms(),
+                    signed_at=now_millis(),
                     provider_signature=pending.body.get(wire.SIGNATURE_MEMBER),
                     consumer_signature=None,
                 ),
@@ -340,8 +337,8 @@ def provider_receive_initial_request(
         contract_definition_id=resolved.contract_definition_id,
         offer=json.dumps(resolved.offer),
         approval=resolved.approval,
-        created_at=now_ms(),
-        updated_at=now_ms(),
+        created_at=now_millis(),
+        updated_at=now_millis(),
     )
     if row.approval == "automatic":
         _provider_agree_or_refuse(session, core, row)
@@ -530,8 +527,8 @@ def consumer_start(
         asset_id=offer["target"],
         offer=json.dumps(offer),
         approval=approval,
-        created_at=now_ms(),
-        updated_at=now_ms(),
+        created_at=now_millis(),
+        updated_at=now_millis(),
     )
     body = wire.request_message(consumer_pid, offer, callback=core.settings.dsp_url)
     _enqueue(row, Pending(Message.REQUEST, f"{_peer_address(row)}/negotiations/request", body))
@@ -574,7 +571,7 @@ def _consumer_receive_agreement(
             consumer_did=core.settings.did,
             asset_id=agreement["target"],
             agreement=agreement,
-            signed_at=now_ms(),
+            signed_at=now_millis(),
             provider_signature=signature if isinstance(signature, str) else None,
             consumer_signature=own_signature,
         ),
@@ -618,7 +615,7 @@ def operator_action(
     """Perform an operator's step: offer, agree, finalize (provider); accept, request, verify (consumer); terminate."""
     if _state(row) in TERMINAL or (_state(row) is None and action != "terminate"):
         raise NegotiationError(409, f"the negotiation is {row.state}; that cannot happen now", row)
-    if action == "terminate" and row.lease_until is not None and row.lease_until > now_ms():
+    if action == "terminate" and row.lease_until is not None and row.lease_until > now_millis():
         raise NegotiationError(409, "a message is being sent right now; try again in a moment", row)
     if action == "terminate" and row.pending_message is not None:
         # The counter-party has not accepted the queued message: the termination replaces it.

@@ -25,10 +25,11 @@ import httpx
 import pytest
 from sqlmodel import Session
 
+from catalog.assets import now_millis as now_ms
 from catalog.jsonld import EDC_NS
 from connector import negotiation_worker
 from connector.negotiation_worker import NegotiationWorker
-from connector.negotiations import consumer_start, now_ms
+from connector.negotiations import consumer_start
 from contracts.models import NegotiationRow
 from runtime.service import ServiceCore
 from tests.catalog_helpers import management

@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse, Response
 from sqlmodel import Session
 from starlette.background import BackgroundTask
 
+from catalog.assets import now_millis
 from connector.dsp import negotiation_messages as wire
 from connector.dsp.errors import DspError
 from connector.dsp.messages import DspMessageError, normalise
@@ -29,7 +30,6 @@ from connector.negotiations import (
     address_is_under,
     find_by_pid,
     new_pid,
-    now_ms,
     provider_receive_initial_request,
     receive,
     settle,
@@ -177,8 +177,8 @@ def negotiation_router() -> APIRouter:
             asset_id=offer.get("target"),
             offer=json.dumps(offer),
             approval="manual",
-            created_at=now_ms(),
-            updated_at=now_ms(),
+            created_at=now_millis(),
+            updated_at=now_millis(),
         )
         session.add(row)
         await run_in_threadpool(session.commit)
