@@ -160,13 +160,7 @@ def get_contract_definition(session: Session, definition_id: str) -> ContractDef
 
 
 def query_contract_definitions(session: Session, spec: QuerySpec) -> list[ContractDefinitionRecord]:
-    statement = (
-        select(ContractDefinition)
-        .where(*CONTRACT_DEFINITION_FIELDS.conditions(spec.criteria))
-        .order_by(*CONTRACT_DEFINITION_FIELDS.order(spec))
-        .offset(spec.offset)
-        .limit(spec.limit)
-    )
+    statement = CONTRACT_DEFINITION_FIELDS.statement(ContractDefinition, spec)
     return [record_of(row) for row in session.scalars(statement)]
 
 

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from sqlalchemy import ColumnElement, String, Table, and_, exists, false, func, not_, or_, select
+from sqlalchemy import ColumnElement, Select, String, Table, and_, exists, false, func, not_, or_, select
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.functions import FunctionElement
@@ -394,6 +394,16 @@ class FixedFields:
 
     def conditions(self, criteria: Iterable[Criterion]) -> list[ColumnElement[bool]]:
         return [_column_condition(self.column(c.left, "operandLeft"), c) for c in criteria]
+
+    def statement(self, model: type[SQLModel], spec: QuerySpec) -> Select[Any]:
+        """``SELECT model`` filtered, ordered and paged as ``spec`` says."""
+        return (
+            select(model)
+            .where(*self.conditions(spec.criteria))
+            .order_by(*self.order(spec))
+            .offset(spec.offset)
+            .limit(spec.limit)
+        )
 
     def order(self, spec: QuerySpec) -> list[Any]:
         column = self.default_sort if spec.sort_field is None else self.column(spec.sort_field, "sortField")

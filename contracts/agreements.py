@@ -140,13 +140,7 @@ def agreement_for_negotiation(session: Session, negotiation_id: str) -> Agreemen
 
 def query_agreements(session: Session, spec: QuerySpec) -> list[AgreementRecord]:
     """Agreements matching ``spec`` (fields: ``AGREEMENT_FIELDS``; QuerySpecError for others)."""
-    statement = (
-        select(AgreementRow)
-        .where(*AGREEMENT_FIELDS.conditions(spec.criteria))
-        .order_by(*AGREEMENT_FIELDS.order(spec))
-        .offset(spec.offset)
-        .limit(spec.limit)
-    )
+    statement = AGREEMENT_FIELDS.statement(AgreementRow, spec)
     return [_record(row) for row in session.scalars(statement)]
 
 

@@ -195,13 +195,7 @@ def get_policy_definition(session: Session, definition_id: str) -> PolicyDefinit
 
 
 def query_policy_definitions(session: Session, spec: QuerySpec) -> list[PolicyDefinitionRecord]:
-    statement = (
-        select(PolicyDefinition)
-        .where(*POLICY_FIELDS.conditions(spec.criteria))
-        .order_by(*POLICY_FIELDS.order(spec))
-        .offset(spec.offset)
-        .limit(spec.limit)
-    )
+    statement = POLICY_FIELDS.statement(PolicyDefinition, spec)
     return [_record(row) for row in session.scalars(statement)]
 
 

@@ -14,7 +14,6 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
-from sqlalchemy import select
 from sqlmodel import Session
 from starlette.background import BackgroundTask
 
@@ -185,13 +184,7 @@ def negotiations_router() -> APIRouter:
     @router.post("/contractnegotiations/request")
     async def query(request: Request, session: Session = Depends(db_session)) -> JSONResponse:
         spec = await query_spec_body(request)
-        statement = (
-            select(NegotiationRow)
-            .where(*NEGOTIATION_FIELDS.conditions(spec.criteria))
-            .order_by(*NEGOTIATION_FIELDS.order(spec))
-            .offset(spec.offset)
-            .limit(spec.limit)
-        )
+        statement = NEGOTIATION_FIELDS.statement(NegotiationRow, spec)
         return JSONResponse([negotiation_to_edc(row) for row in session.scalars(statement)])
 
     @router.get("/contractnegotiations/{negotiation_id}")
