@@ -28,17 +28,14 @@ from __future__ import annotations
 import json
 import os
 import random
-import signal
-import socket
 import sqlite3
 import subprocess
-import sys
 import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -51,6 +48,7 @@ from sqlmodel import Session
 
 from bench.common import BenchResult, Distribution, Figure, Measure, Target, summarise
 from bench.common import mean as average
+from bench.processes import environment_for, free_port, server_environment, serving
 from catalog.assets import ID_PROPERTY, MAX_INDEXED_BYTES, _index_rows, _row, asset_from_expanded
 from catalog.contract_definitions import contract_definition_from_expanded, create_contract_definition
 from catalog.dcat import DESCRIPTION, KEYWORD, LICENSE, PUBLISHER, TITLE
@@ -77,8 +75,6 @@ MEMORY_TOLERANCE = 0.10  # "flat": peak RSS at the largest size at most 10 % abo
 CONCURRENCY = 4
 CHUNK = 2_000  # assets per executemany batch (all batches in one transaction)
 SAMPLE_EVERY = 997  # every so many assets, the fast rows are checked against the product's own
-STARTUP_TIMEOUT_SECONDS = 60.0
-STOP_TIMEOUT_SECONDS = 10.0
 STALL_MS = 25.0  # round trip minus server time beyond which the transport, not the server, is slow
 ROOT = Path(__file__).resolve().parent.parent
 MS, PER_S, MB = "ms", "/s", "MB"
@@ -149,34 +145,9 @@ class Provider:
         return f"{self.settings.dsp_url}/catalog/request"
 
 
-def _clean_environment() -> dict[str, str]:
-    """The environment without TESSERA_* (a database URL there must not redirect the provider)."""
-    environment = {name: value for name, value in os.environ.items() if not name.startswith("TESSERA_")}
-    environment["PYTHONUNBUFFERED"] = "1"  # request log lines land as they are written
-    return environment
-
-
-@contextmanager
-def _no_tessera_environment() -> Iterator[None]:
-    saved = {name: value for name, value in os.environ.items() if name.startswith("TESSERA_")}
-    for name in saved:
-        del os.environ[name]
-    try:
-        yield
-    finally:
-        os.environ.update(saved)
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 def _make_consumer(data_dir: Path) -> Consumer:
-    init_participant(data_dir, "consumer", _free_port())
-    with _no_tessera_environment():
+    init_participant(data_dir, "consumer", free_port())
+    with environment_for(None):
         settings = load_settings(ConnectorSettings, data_dir)
     return Consumer(
         did=settings.did,
@@ -220,8 +191,8 @@ def _keyword_selector(keyword: str) -> list[dict[str, Any]]:
 
 def _make_provider(data_dir: Path, consumer: Consumer) -> Provider:
     """The provider's directory and database: consumer trusted, policies and definitions in place."""
-    init_participant(data_dir, "provider", _free_port())
-    with _no_tessera_environment():
+    init_participant(data_dir, "provider", free_port())
+    with environment_for(None):
         settings = load_settings(ConnectorSettings, data_dir)
         prepare_database(settings, "connector")
     policies = [
@@ -394,48 +365,11 @@ def _memory_kib(pid: int) -> dict[str, int]:
     return values
 
 
-def _tail(path: Path, lines: int = 15) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
-
-
-@contextmanager
-def _serving(provider: Provider, log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """``tessera serve`` on the provider's directory until the block ends; always stopped."""
-    with log_path.open("ab") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "connector", "serve", "--dir", str(provider.settings.data_dir)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            cwd=ROOT,
-            env=_clean_environment(),
-        )
-    try:
-        deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
-        with httpx.Client(timeout=2.0) as client:
-            while True:
-                if process.poll() is not None:
-                    raise RuntimeError(f"the provider exited with {process.returncode}:\n{_tail(log_path)}")
-                try:
-                    if client.get(f"{provider.base_url}/health").status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"the provider did not answer /health in time:\n{_tail(log_path)}")
-                time.sleep(0.1)
-        yield process
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=STOP_TIMEOUT_SECONDS)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+def _serving(provider: Provider, log_path: Path) -> AbstractContextManager[subprocess.Popen[bytes]]:
+    # No TESSERA_* from our environment: a database URL there must not redirect the provider.
+    return serving(
+        "the provider", provider.settings.data_dir, provider.base_url, log_path, server_environment()
+    )
 
 
 # ---------------------------------------------------------------------------- measuring

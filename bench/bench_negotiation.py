@@ -46,27 +46,31 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager, suppress
+from contextlib import AbstractContextManager, ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
-import psycopg
-from psycopg import sql
 from sqlalchemy import Engine, func
 from sqlmodel import Session, col, select
 
 from bench.common import BenchResult, Distribution, Figure, Measure, Target, summarise
+from bench.processes import (
+    environment_for,
+    free_port,
+    postgres_admin_url,
+    postgres_unreachable,
+    server_environment,
+    serving,
+    throwaway_postgres,
+)
 from catalog.jsonld import EDC_MANAGEMENT_CONTEXT_URL, EDC_NS
 from catalog.vocabulary import DSP_PROTOCOL
 from connector.dsp import negotiation_messages as wire
@@ -90,9 +94,6 @@ CONSUMER_TRIPS = (0, 2, 4)  # of the 5: management call, agreement, finalized ev
 POLL_SECONDS = 0.02
 WAIT_SECONDS = 30.0  # for one negotiation to end; after that it counts as not complete
 CATCH_UP_SECONDS = 10.0  # at the end, for the provider to record the last FINALIZED events
-STARTUP_TIMEOUT_SECONDS = 60.0
-STOP_TIMEOUT_SECONDS = 10.0
-DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
 ROOT = Path(__file__).resolve().parent.parent
 ASSET_ID = "bench-dataset"
 NEGOTIATIONS = "/management/v3/contractnegotiations"
@@ -142,32 +143,10 @@ class Node:
         return make_engine(self.settings.resolved_database_url)
 
 
-@contextmanager
-def _environment_for(database_url: str | None) -> Iterator[None]:
-    """Only the given database URL (if any) reaches load_settings from the environment."""
-    saved = {name: value for name, value in os.environ.items() if name.startswith("TESSERA_")}
-    for name in saved:
-        del os.environ[name]
-    if database_url is not None:
-        os.environ["TESSERA_DATABASE_URL"] = database_url
-    try:
-        yield
-    finally:
-        os.environ.pop("TESSERA_DATABASE_URL", None)
-        os.environ.update(saved)
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 def _make_node(root: Path, name: str, database_url: str | None) -> Node:
     data_dir = root / name
-    init_participant(data_dir, name, _free_port())
-    with _environment_for(database_url):
+    init_participant(data_dir, name, free_port())
+    with environment_for(database_url):
         settings = load_settings(ConnectorSettings, data_dir)
     prepare_database(settings, "connector")
     return Node(name, settings, database_url, root / f"{name}.log")
@@ -185,59 +164,15 @@ def _introduce(a: Node, b: Node) -> None:
 
 
 def _server_environment(node: Node) -> dict[str, str]:
-    environment = {name: value for name, value in os.environ.items() if not name.startswith("TESSERA_")}
-    environment["PYTHONUNBUFFERED"] = "1"  # request log lines land as they are written
     # No federated-catalog crawl in the middle of a measurement (it would be one catalog request).
-    environment["TESSERA_CATALOG_CRAWL_INTERVAL_SECONDS"] = "0"
+    settings = {"TESSERA_CATALOG_CRAWL_INTERVAL_SECONDS": "0"}
     if node.database_url is not None:
-        environment["TESSERA_DATABASE_URL"] = node.database_url
-    return environment
+        settings["TESSERA_DATABASE_URL"] = node.database_url
+    return server_environment(**settings)
 
 
-def _tail(path: Path, lines: int = 15) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
-
-
-@contextmanager
-def _serving(node: Node) -> Iterator[subprocess.Popen[bytes]]:
-    """``tessera serve`` on the node's directory until the block ends; always stopped."""
-    with node.log_path.open("ab") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "connector", "serve", "--dir", str(node.settings.data_dir)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            cwd=ROOT,
-            env=_server_environment(node),
-        )
-    try:
-        deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
-        with httpx.Client(timeout=2.0) as client:
-            while True:
-                if process.poll() is not None:
-                    raise RuntimeError(
-                        f"{node.name} exited with {process.returncode}:\n{_tail(node.log_path)}"
-                    )
-                try:
-                    if client.get(f"{node.base_url}/health").status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"{node.name} did not answer /health in time:\n{_tail(node.log_path)}")
-                time.sleep(0.1)
-        yield process
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=STOP_TIMEOUT_SECONDS)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+def _serving(node: Node) -> AbstractContextManager[subprocess.Popen[bytes]]:
+    return serving(node.name, node.settings.data_dir, node.base_url, node.log_path, _server_environment(node))
 
 
 # ---------------------------------------------------------------------------- the offer
@@ -853,39 +788,6 @@ def _run_kind(root: Path, kind: str, database_urls: tuple[str | None, str | None
 # ---------------------------------------------------------------------------- PostgreSQL
 
 
-def _postgres_admin_url() -> str:
-    return os.environ.get("TESSERA_TEST_POSTGRES_URL", DEFAULT_PG)
-
-
-def _postgres_unreachable(admin_url: str) -> str | None:
-    try:
-        with psycopg.connect(admin_url, connect_timeout=3):
-            return None
-    except psycopg.Error as exc:
-        return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-
-
-@contextmanager
-def _throwaway_postgres(admin_url: str, count: int) -> Iterator[list[str]]:
-    """``count`` new databases on the server, dropped (connections and all) when the block ends."""
-    names: list[str] = []
-    base = admin_url.rsplit("/", 1)[0]
-    try:
-        with psycopg.connect(admin_url, autocommit=True) as conn:
-            for _ in range(count):
-                name = f"tessera_bench_{uuid.uuid4().hex[:12]}"
-                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-                names.append(name)
-        yield [f"{base}/{name}" for name in names]
-    finally:
-        if names:
-            with psycopg.connect(admin_url, autocommit=True) as conn:
-                for name in names:
-                    conn.execute(
-                        sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-                    )
-
-
 # ---------------------------------------------------------------------------- reporting
 
 
@@ -978,14 +880,14 @@ def run(quick: bool) -> BenchResult:
     with tempfile.TemporaryDirectory(prefix="tessera-bench-negotiation-") as tmp:
         root = Path(tmp)
         runs.append(_run_kind(root / "sqlite", "SQLite", (None, None), plan))
-        admin_url = _postgres_admin_url()
-        unreachable = _postgres_unreachable(admin_url)
+        admin_url = postgres_admin_url()
+        unreachable = postgres_unreachable(admin_url)
         if unreachable is not None:
             message = f"PostgreSQL not reachable at {redact_url(admin_url)} ({unreachable}): PostgreSQL figures skipped"
             print(f"   note: {message}", flush=True)
             notes.append(message)
         else:
-            with _throwaway_postgres(admin_url, 2) as (provider_url, consumer_url):
+            with throwaway_postgres(admin_url, 2) as (provider_url, consumer_url):
                 runs.append(_run_kind(root / "postgresql", "PostgreSQL", (provider_url, consumer_url), plan))
 
     figures = [figure for kind_run in runs for figure in _figures(kind_run)]

@@ -20,15 +20,12 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import psycopg
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from psycopg import sql
 from sqlalchemy import func
 from sqlmodel import Session, select
 
@@ -43,6 +40,7 @@ from bench.common import (
     time_two_steps,
 )
 from bench.common import mean as average
+from bench.processes import environment_for, postgres_admin_url, postgres_unreachable, throwaway_postgres
 from connector.settings import ConnectorSettings
 from identity.did import KEY_FRAGMENT
 from identity.errors import TokenRejected
@@ -58,7 +56,6 @@ from runtime.settings import load_settings
 NAME = "peer_auth"
 TITLE = "peer authentication per request (issue + verify + record jti)"
 TARGET_CPU_US = 500.0
-DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
 US = "µs"
 US_CPU = "µs CPU"
 
@@ -83,25 +80,10 @@ class Run:
     replay_refused: bool
 
 
-@contextmanager
-def _environment_for(database_url: str | None) -> Iterator[None]:
-    """Only the given database URL (if any) reaches load_settings from the environment."""
-    saved = {name: value for name, value in os.environ.items() if name.startswith("TESSERA_")}
-    for name in saved:
-        del os.environ[name]
-    if database_url is not None:
-        os.environ["TESSERA_DATABASE_URL"] = database_url
-    try:
-        yield
-    finally:
-        os.environ.pop("TESSERA_DATABASE_URL", None)
-        os.environ.update(saved)
-
-
 def _make_sender(root: Path) -> Sender:
     data_dir = root / "hospital"
     init_participant(data_dir, "hospital", 18102)
-    with _environment_for(None):
+    with environment_for(None):
         settings = load_settings(ConnectorSettings, data_dir)
     return Sender(
         did=settings.did,
@@ -115,7 +97,7 @@ def _make_sender(root: Path) -> Sender:
 @contextmanager
 def _receiver(data_dir: Path, sender: Sender, database_url: str | None) -> Iterator[ServiceCore]:
     """The receiving connector on its migrated database, the sender on its trust list."""
-    with _environment_for(database_url):
+    with environment_for(database_url):
         settings = load_settings(ConnectorSettings, data_dir)
     prepare_database(settings, "connector")
     core = ServiceCore.create(settings)
@@ -168,31 +150,6 @@ def _raw_baseline(sender: Sender, audience: str, iterations: int, warm_up: int) 
 
     time_two_steps(sign, verify, warm_up)
     return time_two_steps(sign, verify, iterations)
-
-
-def _postgres_admin_url() -> str:
-    return os.environ.get("TESSERA_TEST_POSTGRES_URL", DEFAULT_PG)
-
-
-def _postgres_unreachable(admin_url: str) -> str | None:
-    try:
-        with psycopg.connect(admin_url, connect_timeout=3):
-            return None
-    except psycopg.Error as exc:
-        return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-
-
-@contextmanager
-def _throwaway_postgres(admin_url: str) -> Iterator[str]:
-    name = f"tessera_bench_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        base = admin_url.rsplit("/", 1)[0]
-        yield f"{base}/{name}"
-    finally:
-        with psycopg.connect(admin_url, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 def _figures(sqlite: Run, raw: TwoStepSamples, postgres: Run | None) -> list[Figure]:
@@ -257,7 +214,7 @@ def run(quick: bool) -> BenchResult:
     iterations, warm_up = (500, 100) if quick else (5000, 500)
     notes: list[str] = []
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    admin_url = _postgres_admin_url()
+    admin_url = postgres_admin_url()
     with tempfile.TemporaryDirectory(prefix="tessera-bench-") as tmp:
         root = Path(tmp)
         sender = _make_sender(root)
@@ -269,14 +226,14 @@ def run(quick: bool) -> BenchResult:
             sqlite = _measure("SQLite", core, sender, iterations, warm_up)
 
         postgres: Run | None = None
-        unreachable = _postgres_unreachable(admin_url)
+        unreachable = postgres_unreachable(admin_url)
         if unreachable is not None:
             message = f"PostgreSQL not reachable at {redact_url(admin_url)} ({unreachable}): PostgreSQL figures skipped"
             print(f"   note: {message}", flush=True)
             notes.append(message)
         else:
             with (
-                _throwaway_postgres(admin_url) as database_url,
+                throwaway_postgres(admin_url) as (database_url,),
                 _receiver(receiver_dir, sender, database_url) as core,
             ):
                 postgres = _measure("PostgreSQL", core, sender, iterations, warm_up)
