@@ -217,6 +217,7 @@ class JsonArrayFramer(RecordFramer):
         self._depth = 0  # nesting inside the top-level array (0: between elements)
         self._in_string = False
         self._state = "before"  # before → inside → after
+        self._seen_any = False  # an element was read (so an empty one is an error, not "[]")
 
     def feed(self, chunk: bytes) -> Records:
         self._buffer += chunk
@@ -299,8 +300,6 @@ class JsonArrayFramer(RecordFramer):
             raise RecordFormatError("an element of the JSON array is not valid JSON") from None
         raws.append(element)
         subjects.append(subject_of(value.get(self.subject_field)) if type(value) is dict else None)
-
-    _seen_any = False
 
     def join(self, kept: list[bytes], first: bool) -> bytes:
         if not kept:

@@ -9,8 +9,8 @@ from __future__ import annotations
 import asyncio
 import re
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -115,7 +115,6 @@ class ConsumerRequest:
     query: Sequence[tuple[str, str]] = ()
     body: bytes | None = None
     content_type: str | None = None
-    headers: Mapping[str, str] = field(default_factory=dict)  # not forwarded; kept for the caller
 
 
 class Stopper:
