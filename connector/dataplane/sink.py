@@ -156,6 +156,32 @@ def read_sink(data_dir: Path, sink_id: str) -> SinkRecord | None:
     )
 
 
+def list_sinks(data_dir: Path) -> list[SinkRecord]:
+    """Every registered sink, newest expiry first (for the operator's pages)."""
+    found = []
+    for path in _registrations(data_dir).glob("*.json"):
+        record = read_sink(data_dir, path.stem)
+        if record is not None:
+            found.append(record)
+    return sorted(found, key=lambda r: r.expires_at, reverse=True)
+
+
+def clean_partial_uploads(data_dir: Path, older_than_seconds: float = STALE_LOCK_SECONDS) -> int:
+    """Remove what uploads cut by a crash left behind (call at start-up); returns how many files went."""
+    removed = 0
+    cutoff = time.time() - older_than_seconds
+    for directory, pattern in (
+        (sink_dir(data_dir) / ".partial", "*.part"),
+        (_registrations(data_dir), "*.lock"),
+    ):
+        for path in directory.glob(pattern):
+            with contextlib.suppress(FileNotFoundError):
+                if path.stat().st_mtime < cutoff:
+                    path.unlink()
+                    removed += 1
+    return removed
+
+
 def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
