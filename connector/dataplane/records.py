@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import re
 from abc import ABC, abstractmethod
+from itertools import repeat
 
 import orjson
 
@@ -92,9 +93,13 @@ class NdjsonFramer(RecordFramer):
         except orjson.JSONDecodeError:
             lines, values = self._parse_one_by_one(lines)
         name = self.subject_field
-        found = [value.get(name) if type(value) is dict else None for value in values]
-        subjects = [s if type(s) is str and s else subject_of(s) for s in found]
-        return lines, subjects
+        try:  # every line an object: C-level lookups
+            found: list[object] = list(map(dict.get, values, repeat(name)))
+        except TypeError:
+            found = [value.get(name) if type(value) is dict else None for value in values]
+        if set(map(type, found)) == {str} and "" not in found:
+            return lines, found  # type: ignore[return-value]  # all non-empty text, checked just above
+        return lines, [subject_of(s) for s in found]
 
     @staticmethod
     def _parse_one_by_one(lines: list[bytes]) -> tuple[list[bytes], list[object]]:
