@@ -41,7 +41,7 @@ from contracts.signing import SignatureError, sign_agreement, verify_agreement_s
 from identity.did import KEY_FRAGMENT
 from identity.peer_auth import Peer
 from identity.trustlist import get_member
-from policies.decision import Decision, RequestContext
+from policies.decision import USAGE_OPERANDS, Decision, RequestContext
 from policies.definitions import get_policy_definition
 from policies.dsp_form import offer_to_dsp
 from runtime.service import ServiceCore
@@ -259,7 +259,13 @@ def undeliverable(session: Session, row: NegotiationRow, reason: str) -> None:
 
 def _request_context(session: Session, did: str) -> RequestContext:
     member = get_member(session, did)
-    return RequestContext(participant_id=did, memberships=frozenset(member.memberships if member else ()))
+    # Purpose, count and elapsed time constrain the use of the data: usage control decides them at
+    # every access (connector.usage); a negotiation decides who may agree, and whether now.
+    return RequestContext(
+        participant_id=did,
+        memberships=frozenset(member.memberships if member else ()),
+        deferred=USAGE_OPERANDS,
+    )
 
 
 def _policy_decision(core: ServiceCore, policy_id: str, context: RequestContext) -> Decision:

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from policies.decision import RequestContext, duration_seconds, parse_time
+from policies.decision import DEFERRED, RequestContext, duration_seconds, parse_time, undeferred
 from policies.odrl import Atomic, Constraint, Policy, Rule
 
 # Request: (policy id, action, context). Rows: (policy id, action, rule ref, effect, revision, layout).
@@ -122,6 +122,8 @@ def _ordering(constraint: Atomic, get: Callable[[RequestContext], Any]) -> Condi
         left = get(context)
         if left is MISSING:
             return False
+        if left is DEFERRED:
+            return True
         if isinstance(left, frozenset):  # a set: equality only
             return (left == right_set) if op == "eq" else (left != right_set) if op == "neq" else False
         if right is MISSING:
@@ -153,14 +155,18 @@ def _set_operator(constraint: Atomic, get: Callable[[RequestContext], Any]) -> C
 
     def check(context: RequestContext) -> bool:
         left = get(context)
-        return left is not MISSING and test(_as_set(left))
+        return left is DEFERRED or (left is not MISSING and test(_as_set(left)))
 
     return check
 
 
 def compile_constraint(constraint: Constraint) -> Condition:
     if isinstance(constraint, Atomic):
-        get = _left(constraint.left)
+        name, value_of = constraint.left, _left(constraint.left)
+
+        def get(context: RequestContext) -> Any:
+            return DEFERRED if name in context.deferred else value_of(context)
+
         if constraint.operator in _ORDER:
             return _ordering(constraint, get)
         return _set_operator(constraint, get)
@@ -179,6 +185,11 @@ def compile_rule(rule: Rule) -> Condition:
     if len(parts) == 1:
         return parts[0]
     return lambda context: all(part(context) for part in parts)
+
+
+def _undeferring(condition: Condition) -> Condition:
+    """A prohibition's condition: deferred operands are unknown, so it does not apply (see RequestContext)."""
+    return lambda context: condition(undeferred(context))
 
 
 def _always(_context: RequestContext) -> bool:
@@ -204,7 +215,8 @@ def compile_policy(policy_id: str, policy: Policy, revision: str) -> CompiledPol
     """The Casbin rows and conditions of one policy at one revision."""
     if not policy_id:
         raise CompileError("a policy id cannot be empty")
-    rules = {id(r): compile_rule(r) for r in (*policy.permissions, *policy.prohibitions)}
+    rules = {id(r): compile_rule(r) for r in policy.permissions}
+    rules.update({id(r): _undeferring(compile_rule(r)) for r in policy.prohibitions})
     rows: list[list[str]] = []
     conditions: dict[str, Condition] = {}
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 import operator
 import re
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -43,6 +43,19 @@ class RequestContext:
     agreed_at: datetime | None = None
     access_count: int | None = None
     location: str | None = None
+    # Left operands decided when the data is used, not now (a negotiation: no purpose is declared and
+    # nothing has been accessed yet). A permission's constraint on one of them holds for now; a
+    # prohibition's does not apply yet. Usage control decides them at every access.
+    deferred: frozenset[str] = frozenset()
+
+
+USAGE_OPERANDS = frozenset({"purpose", "count", "elapsedTime"})
+DEFERRED: Any = object()
+
+
+def undeferred(context: RequestContext) -> RequestContext:
+    """The context a prohibition is judged in: deferred operands are simply unknown (it does not apply)."""
+    return replace(context, deferred=frozenset()) if context.deferred else context
 
 
 @dataclass(frozen=True)
@@ -87,6 +100,8 @@ def duration_seconds(value: Any) -> float | None:
 def _left_value(constraint: Atomic, context: RequestContext) -> tuple[Any, str | None]:
     """The request's value for the left operand, or (None, why it is missing)."""
     name = constraint.left
+    if name in context.deferred:
+        return DEFERRED, None
     if name == "participantId":
         return context.participant_id, None
     if name == "membership":
@@ -155,6 +170,8 @@ def _check_atomic(constraint: Atomic, context: RequestContext) -> str | None:
     left, missing = _left_value(constraint, context)
     if missing is not None:
         return f"{constraint.describe()} fails: {missing}"
+    if left is DEFERRED:
+        return None
     op, right = constraint.operator, constraint.right
     compare = _ORDERINGS.get(op)
     if compare is not None:
@@ -246,7 +263,7 @@ def refusal(policy: Policy, context: RequestContext, wanted: frozenset[str]) -> 
     if void is not None:
         return (f"the policy is void: {void}",)
     for index, prohibition in enumerate(policy.prohibitions):
-        if prohibition.action in wanted and not _rule_failures(prohibition, context):
+        if prohibition.action in wanted and not _rule_failures(prohibition, undeferred(context)):
             conditions = ", ".join(c.describe() for c in prohibition.constraints) or "unconditionally"
             return (f"denied by {rule_label(prohibition, index)}: {conditions}",)
     relevant = [(i, r) for i, r in enumerate(policy.permissions) if r.action in wanted]
@@ -261,9 +278,13 @@ def refusal(policy: Policy, context: RequestContext, wanted: frozenset[str]) -> 
 def decide(policy: Policy, context: RequestContext, actions: Iterable[str] = ("use",)) -> Decision:
     """Evaluate ``policy`` for a request by ``context``; the reasons name the rule and constraint."""
     wanted = frozenset(actions)
-    admitted = admission(
-        policy, wanted, lambda rule: all(check_constraint(c, context) is None for c in rule.constraints)
-    )
+    prohibition_context = undeferred(context)
+
+    def holds(rule: Rule) -> bool:
+        judged = prohibition_context if rule.kind == "prohibition" else context
+        return all(check_constraint(c, judged) is None for c in rule.constraints)
+
+    admitted = admission(policy, wanted, holds)
     if admitted is not None:
         return Decision(True, admitted)
     return Decision(False, refusal(policy, context, wanted))
@@ -296,10 +317,11 @@ def rule_checks(
     wanted = frozenset(actions)
     checks: list[RuleCheck] = []
     for rules in (policy.permissions, policy.prohibitions):
+        judged = undeferred(context) if rules is policy.prohibitions else context
         for index, rule in enumerate(rules):
             constraints = tuple(
                 ConstraintCheck(c.describe(), failure is None, failure)
-                for c, failure in ((c, check_constraint(c, context)) for c in rule.constraints)
+                for c, failure in ((c, check_constraint(c, judged)) for c in rule.constraints)
             )
             checks.append(
                 RuleCheck(
