@@ -264,3 +264,31 @@ def test_dsp_state_of_an_unknown_or_foreign_transfer_is_404(pair: TransferPair) 
     response = httpx.get(f"{pair.city.dsp_url}/transfers/urn:uuid:nothing", headers=_peer_headers(pair))
     assert response.status_code == 404
     assert response.json()["@type"] == "TransferError"
+
+
+def test_push_lands_in_the_consumers_sink_and_completes(pair: TransferPair) -> None:
+    pair.publish_file("stops-push", CSV)
+    agreement_id = pair.agree("stops-push")
+    consumer_id = pair.request(agreement_id, "HttpData-PUSH", dataDestination=None)
+    provider_id = pair.provider_side(consumer_id)["@id"]
+    consumer, provider = pair.both(consumer_id, provider_id, "COMPLETED")
+    assert (
+        consumer["dataDestination"]["endpointProperties"][0]["value"] == "***"
+    )  # the sink's secret is not shown
+    received = pair.transit.data_dir / "sink" / "stops-push"
+    assert received.read_bytes() == CSV
+    assert provider["bytesTransferred"] == len(CSV)
+    assert provider["accessCount"] == 1
+    assert "errorDetail" not in provider
+
+
+def test_a_push_the_endpoint_refuses_terminates_with_the_reason(pair: TransferPair) -> None:
+    pair.publish_file("stops-push-refused", CSV)
+    agreement_id = pair.agree("stops-push-refused")
+    destination = {"type": "HttpData", "baseUrl": f"{pair.transit.base_url}/sink/{'0' * 32}"}
+    consumer_id = pair.request(agreement_id, "HttpData-PUSH", dataDestination=destination)
+    provider_id = pair.provider_side(consumer_id)["@id"]
+    consumer, provider = pair.both(consumer_id, provider_id, "TERMINATED")
+    assert "push failed: the push endpoint refused the data (401)" in provider["errorDetail"]
+    assert "push failed" in consumer["errorDetail"]
+    assert not (pair.transit.data_dir / "sink" / "stops-push-refused").exists()
