@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -335,7 +336,7 @@ def test_management_api_answers_as_edc_does_and_refuses_bad_input(pair: Transfer
     edc_error(act(pair.tapi, consumer_id, "explode"), 404, "ObjectNotFound", "explode")
     edc_error(act(pair.tapi, consumer_id, "start"), 409, "ObjectConflict", "provider")
 
-    bad = [
+    bad: list[tuple[dict[str, Any], str]] = [
         ({"contractId": None}, "contractId"),
         ({"counterPartyAddress": "http://127.0.0.1:1/dsp/2025-1"}, "counterPartyAddress"),
         ({"transferType": "Smoke-SIGNALS"}, "transferType"),
