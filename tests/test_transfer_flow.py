@@ -8,6 +8,7 @@ exactly as transit stored it. Each test uses its own asset and agreement.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 from collections.abc import Callable, Iterator
@@ -17,8 +18,10 @@ import httpx
 import pytest
 
 from connector.dsp import schemas
+from connector.edr_refresh import refresh_edr
 from identity.keys import load_private_key
 from identity.tokens import issue_token
+from runtime.service import ServiceCore
 from tests.catalog_helpers import constraint, edc_error, policy_body, rule
 from tests.peer_helpers import b64url_decode, sign_ed25519
 from tests.transfer_helpers import (
@@ -350,3 +353,28 @@ def test_management_api_answers_as_edc_does_and_refuses_bad_input(pair: Transfer
         assert response.status_code == 400, response.text
         assert needle in response.json()[0]["message"], response.json()
     assert len(query(pair.tapi, contractId=agreement_id)) == 1  # nothing half-made
+
+
+def test_the_consumer_refreshes_its_edr_through_the_provider(pair: TransferPair) -> None:
+    pair.publish_file("stops-edr-refresh", CSV)
+    _, consumer_id, _ = pair.pull_started("stops-edr-refresh")
+    endpoint, old_token, _ = pair.edr(consumer_id)
+
+    core = ServiceCore.create(pair.transit.settings)  # transit's own code, on transit's database
+
+    async def refreshed() -> None:
+        try:
+            await refresh_edr(core, consumer_id)
+        finally:
+            await core.peer_client.aclose()
+
+    try:
+        asyncio.run(refreshed())
+    finally:
+        core.engine.dispose()
+    same_endpoint, new_token, properties = pair.edr(consumer_id)
+    assert same_endpoint == endpoint
+    assert new_token != old_token
+    assert _get(endpoint, new_token).content == CSV
+    refused(_get(endpoint, old_token), 401, "replaced")
+    assert int(properties["expiresIn"]) > 0
