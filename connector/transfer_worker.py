@@ -106,6 +106,11 @@ class TransferWorker:
         """Deliver this transfer's message now (run after the HTTP answer has been sent)."""
         self._spawn(self.deliver(transfer_id))
 
+    async def push_soon(self, transfer_id: str) -> None:
+        """Push a transfer's data now (the consumer resumed a push transfer)."""
+        if self.pusher is not None:
+            self._spawn(self._push(transfer_id))
+
     async def deliver(self, transfer_id: str) -> None:
         if not await run_in_threadpool(self._lease, transfer_id):
             return

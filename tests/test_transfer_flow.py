@@ -23,6 +23,7 @@ from identity.keys import load_private_key
 from identity.tokens import issue_token
 from runtime.service import ServiceCore
 from tests.catalog_helpers import constraint, edc_error, policy_body, rule
+from tests.negotiation_helpers import fake_peer
 from tests.peer_helpers import b64url_decode, sign_ed25519
 from tests.transfer_helpers import (
     TRANSFERS,
@@ -378,3 +379,18 @@ def test_the_consumer_refreshes_its_edr_through_the_provider(pair: TransferPair)
     assert _get(endpoint, new_token).content == CSV
     refused(_get(endpoint, old_token), 401, "replaced")
     assert int(properties["expiresIn"]) > 0
+
+
+def test_an_upstream_that_fails_is_a_clean_error_and_no_access(pair: TransferPair) -> None:
+    with fake_peer(lambda hit: (500, {"oops": True})) as upstream:
+        address = {"type": "HttpData", "baseUrl": f"{upstream.url}/counts"}
+        pair.publish_file("counts-upstream", b"", address=address)
+        _, consumer_id, provider_id = pair.pull_started("counts-upstream")
+        endpoint, token, _ = pair.edr(consumer_id)
+        response = _get(endpoint, token)
+        assert response.status_code in (502, 504), response.text
+        assert response.json()["error"] == "source"
+        assert "oops" not in response.text
+        assert [hit.path for hit in upstream.hits] == ["/counts"]
+    row = pair.provider_row(provider_id)
+    assert (row["state"], row["access_count"], row["bytes_transferred"]) == ("STARTED", 0, 0)
