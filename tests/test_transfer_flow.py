@@ -11,11 +11,14 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import threading
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
 import pytest
+from paho.mqtt import publish
 
 from connector.dsp import schemas
 from connector.edr_refresh import refresh_edr
@@ -394,3 +397,39 @@ def test_an_upstream_that_fails_is_a_clean_error_and_no_access(pair: TransferPai
         assert [hit.path for hit in upstream.hits] == ["/counts"]
     row = pair.provider_row(provider_id)
     assert (row["state"], row["access_count"], row["bytes_transferred"]) == ("STARTED", 0, 0)
+
+
+def test_a_live_mqtt_transfer_streams_until_the_provider_suspends_it(pair: TransferPair) -> None:
+    topic = f"tessera-test/{pair.database}/{uuid.uuid4().hex[:8]}/speed"
+    address = {"type": "Mqtt", "broker": "127.0.0.1:1883", "topic": topic}
+    pair.publish_file("traffic-live", b"", address=address)
+    _, consumer_id, provider_id = pair.pull_started("traffic-live")
+    endpoint, token, _ = pair.edr(consumer_id)
+    lines: list[dict[str, Any]] = []
+    finished = threading.Event()
+
+    def read() -> None:
+        with httpx.stream(
+            "GET", endpoint, headers={"Authorization": f"Bearer {token}"}, timeout=60
+        ) as response:
+            assert response.status_code == 200
+            for line in response.iter_lines():
+                if line.strip():
+                    lines.append(json.loads(line))
+        finished.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+
+    def published_and_seen() -> bool:
+        publish.single(topic, json.dumps({"sensor": "S1", "kmh": 42}), hostname="127.0.0.1", port=1883)
+        return len(lines) >= 2
+
+    wait_until(published_and_seen, timeout=30, what="live messages to reach the consumer")
+    assert lines[0] == {"sensor": "S1", "kmh": 42}
+    assert not finished.is_set()
+
+    acted(pair.capi, provider_id, "suspend", "night")
+    pair.both(consumer_id, provider_id, "SUSPENDED")
+    assert finished.wait(15), "the live stream did not end when the transfer was suspended"
+    reader.join(5)
