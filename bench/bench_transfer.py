@@ -10,7 +10,7 @@ the same client code.
 
 Start latency: from ``POST /management/v3/transferprocesses`` at transit until
 transit's transfer is STARTED (provider answered, start message delivered,
-both connectors persisting), polling every 2 ms; baseline: one plain HTTP
+both connectors persisting), polling every 10 ms; baseline: one plain HTTP
 round trip to the provider (``GET /health``).
 """
 
@@ -59,6 +59,14 @@ def _read_all(client: httpx.Client, url: str, headers: dict[str, str]) -> tuple[
         for chunk in response.iter_raw(READ_CHUNK):
             received += len(chunk)
     return received, time.perf_counter() - started
+
+
+def _memory_kib(pid: int, field: str) -> int:
+    """VmRSS (now) or VmHWM (peak since start) of a process, in KiB (Linux)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no {field} for process {pid}")
 
 
 def _api(data_dir: Path, base_url: str) -> httpx.Client:
@@ -173,7 +181,7 @@ def run(quick: bool) -> BenchResult:
         env = server_environment()
         try:
             with (
-                serving("city", root / "city", city.public_url, root / "city.log", env),
+                serving("city", root / "city", city.public_url, root / "city.log", env) as city_process,
                 serving("transit", root / "transit", transit.public_url, root / "transit.log", env),
                 _api(root / "city", city.public_url) as capi,
                 _api(root / "transit", transit.public_url) as tapi,
@@ -190,6 +198,7 @@ def run(quick: bool) -> BenchResult:
                     except httpx.HTTPError:
                         time.sleep(0.1)
                 ours, plain = [], []
+                rss_before = _memory_kib(city_process.pid, "VmRSS")
                 for _ in range(rounds):
                     received, seconds = _read_all(client, endpoint, {"Authorization": f"Bearer {token}"})
                     assert received == size, received
@@ -197,7 +206,8 @@ def run(quick: bool) -> BenchResult:
                     received, seconds = _read_all(client, f"http://127.0.0.1:{static_port}/big.bin", {})
                     assert received == size, received
                     plain.append(size / MIB / seconds)
-                latencies = sorted(_start(tapi, city.dsp_url, agreement_id, 0.002)[1] for _ in range(starts))
+                rss_growth_mib = (_memory_kib(city_process.pid, "VmHWM") - rss_before) / 1024
+                latencies = sorted(_start(tapi, city.dsp_url, agreement_id, 0.01)[1] for _ in range(starts))
                 round_trips = []
                 for _ in range(starts):
                     began = time.perf_counter()
@@ -239,11 +249,20 @@ def run(quick: bool) -> BenchResult:
                 "ratio",
                 "at_least",
                 ratio,
-            )
+            ),
+            Target(
+                "provider memory grows by less than 50 MiB while serving the file",
+                f"provider peak memory growth while serving {rounds} pulls",
+                50,
+                "MiB",
+                "at_most",
+                rss_growth_mib,
+            ),
         ],
         notes=[
             f"every round: ours {', '.join(f'{v:.0f}' for v in ours)} MiB/s; static {', '.join(f'{v:.0f}' for v in plain)} MiB/s",
-            "start latency includes the consumer's polling of its own state every 2 ms",
+            "start latency includes the consumer's polling of its own state every 10 ms",
+            "memory growth: the provider's peak RSS (VmHWM) after the pulls minus its RSS before them",
             "the machine is shared with other work: figures vary from run to run",
         ],
         parameters={"file_bytes": size, "rounds": rounds, "starts": starts, "database": "sqlite"},
