@@ -10,6 +10,15 @@ from catalog.models import (
     CrawlStatusRow,
     PolicyDefinition,
 )
+from connector.translog.models import (
+    LogAlertRow,
+    LogCheckpointRow,
+    LogCosignatureRow,
+    LogHeadRow,
+    LogLeafRow,
+    LogNodeRow,
+    WitnessedLogRow,
+)
 from contracts.models import AgreementRow, CasbinRuleRow, NegotiationRow, PolicyEngineVersionRow
 from identity.replay import SeenToken
 from identity.trustlist import Member
@@ -29,5 +38,12 @@ metadata = metadata_of(
         AgreementRow,
         CasbinRuleRow,
         PolicyEngineVersionRow,
+        LogLeafRow,
+        LogNodeRow,
+        LogHeadRow,
+        LogCheckpointRow,
+        LogCosignatureRow,
+        WitnessedLogRow,
+        LogAlertRow,
     ]
 )
