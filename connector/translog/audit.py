@@ -54,6 +54,7 @@ LIMITS = {  # bytes, uncompressed
     "keys.json": 16 * 1024 * 1024,
 }
 MAX_ENTRY_LINE = 64 * 1024 + 1
+MAX_BUNDLE_ENTRIES = 10_000_000  # ~1 GB of leaf hashes held while checking
 MAX_NAMED_FAILURES = 50
 
 
@@ -316,6 +317,8 @@ def _verify(zf: zipfile.ZipFile, min_cosignatures: int) -> Report:
     )
     if not report.start <= report.end <= report.tree_size:
         raise BundleError("manifest.json: the entry range does not fit the tree size")
+    if report.end - report.start > MAX_BUNDLE_ENTRIES:
+        raise BundleError(f"the bundle claims more than {MAX_BUNDLE_ENTRIES} entries; export smaller ranges")
     log_key, witnesses, jwks = _verifiers(_json(zf, "keys.json"), origin)
     checkpoints = _check_checkpoints(
         _json(zf, "checkpoints.json"), origin, log_key, witnesses, report, min_cosignatures
@@ -354,6 +357,9 @@ def _check_entries(
             if not line:
                 break
             index = report.start + len(leaves)
+            if len(leaves) > expected:
+                report.fail(f"entries.jsonl holds more than the {expected} entries the manifest names")
+                break
             if not line.endswith(b"\n"):
                 if len(line) >= MAX_ENTRY_LINE:
                     raise BundleError(f"entry {index} is longer than {MAX_ENTRY_LINE - 1} bytes")
