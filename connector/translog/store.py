@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, func, insert, select, tuple_
+from sqlalchemy import Connection, func, insert, select
 from sqlmodel import Session
 
 from connector.translog import merkle
@@ -143,20 +143,26 @@ class DatabaseNodes:
         self.conn = conn
 
     def node_hashes(self, coords: Iterable[merkle.Coord]) -> dict[merkle.Coord, bytes]:
+        """Two primary-key queries (leaves, inner nodes) for the ~2 log2(n) subtrees a proof needs."""
         wanted = set(coords)
-        found: dict[merkle.Coord, bytes] = {}
+        mark = "?" if self.conn.dialect.paramstyle == "qmark" else "%s"
         leaves = [ix for lv, ix in wanted if lv == 0]
         inner = [(lv, ix) for lv, ix in wanted if lv > 0]
+        found: dict[merkle.Coord, bytes] = {}
         if leaves:
-            rows = self.conn.execute(select(LEAF.c.idx, LEAF.c.leaf_hash).where(LEAF.c.idx.in_(leaves)))
-            found.update({(0, int(r.idx)): bytes(r.leaf_hash) for r in rows})
-        if inner:
-            rows = self.conn.execute(
-                select(NODE.c.level, NODE.c.idx, NODE.c.hash).where(
-                    tuple_(NODE.c.level, NODE.c.idx).in_(inner)
-                )
+            marks = ", ".join([mark] * len(leaves))
+            rows = self.conn.exec_driver_sql(
+                f"SELECT idx, leaf_hash FROM transfer_log_leaf WHERE idx IN ({marks})",  # noqa: S608 - placeholders only
+                tuple(leaves),
             )
-            found.update({(int(r.level), int(r.idx)): bytes(r.hash) for r in rows})
+            found.update({(0, int(r[0])): bytes(r[1]) for r in rows})
+        if inner:
+            terms = " OR ".join([f"(level = {mark} AND idx = {mark})"] * len(inner))
+            rows = self.conn.exec_driver_sql(
+                f"SELECT level, idx, hash FROM transfer_log_node WHERE {terms}",  # noqa: S608 - placeholders only
+                tuple(value for pair in inner for value in pair),
+            )
+            found.update({(int(r[0]), int(r[1])): bytes(r[2]) for r in rows})
         return found
 
 
