@@ -21,6 +21,7 @@ import binascii
 import hashlib
 import itertools
 import json
+import threading
 import zipfile
 from collections import Counter
 from dataclasses import dataclass, field
@@ -239,6 +240,25 @@ def _check_consistency(checkpoints: list[Checkpoint], proofs: Any, report: Repor
             )
 
 
+class _Fractions(threading.local):
+    """How many numbers with a fraction or exponent the last entry held (set by the decoder)."""
+
+    seen = 0
+
+
+_FRACTIONS = _Fractions()
+
+
+def _note_fraction(text: str) -> float:
+    _FRACTIONS.seen += 1
+    return float(text)
+
+
+# One decoder and one encoder for every line: building them per call cost more than the work.
+_DECODER = json.JSONDecoder(parse_float=_note_fraction)
+_SORTED_COMPACT = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
+
+
 def _is_canonical(entry: Any, line: bytes, has_fractions: bool) -> bool:
     """Is ``line`` the RFC 8785 form of ``entry``?
 
@@ -247,25 +267,21 @@ def _is_canonical(entry: Any, line: bytes, has_fractions: bool) -> bool:
     other line is checked with the full canonicaliser.
     """
     if line.isascii() and not has_fractions:
-        return json.dumps(entry, sort_keys=True, separators=(",", ":")).encode() == line
+        return _SORTED_COMPACT.encode(entry).encode() == line
     return bool(rfc8785.dumps(entry) == line)
 
 
 def _entry_problem(line: bytes) -> tuple[dict[str, Any] | None, str | None]:
-    fractions: list[str] = []
-
-    def note_fraction(text: str) -> float:
-        fractions.append(text)
-        return float(text)
-
+    _FRACTIONS.seen = 0
     try:
-        entry = json.loads(line, parse_float=note_fraction)
-    except (ValueError, RecursionError):
+        entry = _DECODER.decode(line.decode("utf-8"))
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
         return None, "not JSON"
+    has_fractions = _FRACTIONS.seen > 0
     if not isinstance(entry, dict):
         return None, "not a JSON object"
     try:
-        if not _is_canonical(entry, line, bool(fractions)):
+        if not _is_canonical(entry, line, has_fractions):
             return entry, "not in canonical form (RFC 8785)"
     except (rfc8785.CanonicalizationError, ValueError, TypeError) as exc:
         return entry, f"cannot be canonicalised: {exc}"
