@@ -40,7 +40,7 @@ from connector.translog.checkpoint import (
     witness_verifier,
 )
 from connector.translog.entries import AGREEMENT_FINALIZED, KINDS, EntryError, check_fields
-from connector.translog.note import NoteError, Verifier, open_note, parse_note
+from connector.translog.note import NoteError, Verifier, open_note, parse_note, verifier_key_string
 from contracts.signing import SignatureError, canonical_form, verify_agreement_signature
 from identity.errors import KeyFileError
 from identity.keys import public_key_from_jwk
@@ -172,6 +172,10 @@ def _verifiers(keys: Any, origin: str) -> tuple[Verifier, list[Verifier], dict[s
         if did != origin:
             witnesses.append(witness_verifier(did, public))
     return log_verifier(origin, public_key_from_jwk(jwks[origin])), witnesses, jwks
+
+
+def _vkey(verifier: Verifier) -> str:
+    return verifier_key_string(verifier.name, verifier.kind, verifier.public_key)
 
 
 def _check_checkpoints(
@@ -354,6 +358,8 @@ def _verify(zf: zipfile.ZipFile, min_cosignatures: int) -> Report:
     if report.end - report.start > MAX_BUNDLE_ENTRIES:
         raise BundleError(f"the bundle claims more than {MAX_BUNDLE_ENTRIES} entries; export smaller ranges")
     log_key, witnesses, jwks = _verifiers(_json(zf, "keys.json"), origin)
+    # The bundle names the keys; whether they are the parties' is for the auditor to compare.
+    report.passed.append(f"log key (compare with {origin}'s DID document): {_vkey(log_key)}")
     checkpoints = _check_checkpoints(
         _json(zf, "checkpoints.json"), origin, log_key, witnesses, report, min_cosignatures
     )
