@@ -30,6 +30,9 @@ from connector.pages.routes import pages_router
 from connector.peers import peers_router
 from connector.transfer_push import Pusher
 from connector.transfer_worker import TransferWorker
+from connector.translog.management import transfer_log_management_router
+from connector.translog.routes import install_log_error_handler, transfer_log_router
+from connector.translog.witness import LogWitness, Witness
 from identity.did import dsp_services
 from runtime.logging import get_logger
 from runtime.service import ServiceCore, base_app
@@ -42,6 +45,11 @@ def create_app(core: ServiceCore) -> FastAPI:
     worker = NegotiationWorker(core)
     pusher = Pusher(core, lambda: getattr(app.state, "personal_gate", None))
     transfer_worker = TransferWorker(core, pusher=pusher)
+    witness_interval = settings.log_witness_interval_seconds
+    log_witness = LogWitness(
+        Witness(core.engine, settings.did, core.key, core.peer_client, core.metrics.registry),
+        witness_interval,
+    )
     app = base_app(
         core,
         title=f"Tessera connector {settings.name}",
@@ -51,12 +59,15 @@ def create_app(core: ServiceCore) -> FastAPI:
             worker.run,
             transfer_worker.run,
             *([crawler.run] if interval > 0 else []),
+            *([log_witness.run] if witness_interval > 0 else []),
         ],
     )
     app.state.crawler = crawler
     app.state.negotiation_worker = worker
     app.state.transfer_worker = transfer_worker
+    app.state.log_witness = log_witness
     install_management_error_handlers(app)
+    install_log_error_handler(app)
     install_dsp_error_handlers(app)
     app.include_router(discovery_router())
     app.include_router(peers_router())
@@ -73,6 +84,8 @@ def create_app(core: ServiceCore) -> FastAPI:
     app.include_router(transfers_router())
     app.include_router(public_router())
     app.include_router(sink_router(settings.data_dir))
+    app.include_router(transfer_log_router())
+    app.include_router(transfer_log_management_router())
     return app
 
 

@@ -11,6 +11,15 @@ from catalog.models import (
     PolicyDefinition,
 )
 from connector.transfer_models import TransferRow
+from connector.translog.models import (
+    LogAlertRow,
+    LogCheckpointRow,
+    LogCosignatureRow,
+    LogHeadRow,
+    LogLeafRow,
+    LogNodeRow,
+    WitnessedLogRow,
+)
 from contracts.models import AgreementRow, CasbinRuleRow, NegotiationRow, PolicyEngineVersionRow
 from identity.replay import SeenToken
 from identity.trustlist import Member
@@ -31,5 +40,12 @@ metadata = metadata_of(
         CasbinRuleRow,
         PolicyEngineVersionRow,
         TransferRow,
+        LogLeafRow,
+        LogNodeRow,
+        LogHeadRow,
+        LogCheckpointRow,
+        LogCosignatureRow,
+        WitnessedLogRow,
+        LogAlertRow,
     ]
 )
