@@ -10,6 +10,7 @@ from catalog.models import (
     CrawlStatusRow,
     PolicyDefinition,
 )
+from connector.edr_models import EdrNegotiationRow
 from connector.transfer_models import TransferRow
 from contracts.models import AgreementRow, CasbinRuleRow, NegotiationRow, PolicyEngineVersionRow
 from identity.replay import SeenToken
@@ -31,5 +32,6 @@ metadata = metadata_of(
         CasbinRuleRow,
         PolicyEngineVersionRow,
         TransferRow,
+        EdrNegotiationRow,
     ]
 )

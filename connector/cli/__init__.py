@@ -13,6 +13,7 @@ import typer
 from connector.cli.catalog_commands import assets_app, register_catalog_commands
 from connector.cli.contracts_commands import contracts_app
 from connector.cli.dataspace import dataspace_app
+from connector.cli.fetch_command import register_fetch_command
 from connector.cli.participant import consent_app, db_app, register_participant_commands
 from identity.errors import IdentityError
 from runtime.errors import StartupError
@@ -31,6 +32,7 @@ app.add_typer(consent_app, name="consent")
 app.add_typer(assets_app, name="assets")
 register_catalog_commands(app)
 app.add_typer(contracts_app, name="contracts")
+register_fetch_command(app)
 
 
 def main(argv: list[str] | None = None) -> int:

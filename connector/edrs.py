@@ -1,0 +1,424 @@
+"""EDRs (Endpoint Data References): the consumer's pull data addresses, as Tractus-X clients use them.
+
+An EDR is the data address (endpoint and short-lived token) a provider's
+start message carried for one of our pull transfers; the transfer row keeps
+it (``transfer_process.data_address``). This module
+
+- starts EDR negotiations: a negotiation that, once FINALIZED, asks for a
+  pull transfer by itself (``connector.edr_worker`` drives that step);
+- lists EDR entries: our STARTED or SUSPENDED pull transfers that hold a data
+  address, each with the negotiation of its agreement;
+- shows a data address in EDC's form and refreshes its token at the
+  provider's refresh endpoint (OAuth2 ``grant_type=refresh_token``, with our
+  peer token proving who asks);
+- forgets an EDR (the transfer itself goes on until someone ends it).
+
+The refresh token never leaves the connector: a refresh goes through
+``POST /management/v3/edrs/{id}/refresh`` or ``auto_refresh``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import weakref
+from typing import Any
+
+import httpx
+from fastapi.concurrency import run_in_threadpool
+from sqlalchemy import Engine, Select, select, update
+from sqlmodel import Session
+
+from catalog.assets import now_millis
+from catalog.jsonld import EDC_RESPONSE_CONTEXT
+from catalog.queryspec import FixedFields, QuerySpec, table_of
+from connector.dsp.transfer_messages import endpoint_properties
+from connector.edr_models import FAILED, NEGOTIATING, TRANSFER_REQUESTED, EdrNegotiationRow
+from connector.negotiations import consumer_start
+from connector.transfer_models import TransferRow
+from connector.transfer_states import Role, State
+from connector.transfers import TransferError, consumer_request, in_address_space
+from contracts.models import AgreementRow, NegotiationRow
+from contracts.negotiation import State as NegotiationState
+from identity.errors import TokenRejected
+from identity.tokens import read_unverified
+from identity.trustlist import get_member
+from runtime.service import ServiceCore
+
+PULL_FORMAT = "HttpData-PULL"
+TX_NS = "https://w3id.org/tractusx/v0.0.1/ns/"
+TX_AUTH_NS = "https://w3id.org/tractusx/auth/"
+EDR_CONTEXT: dict[str, str] = {**EDC_RESPONSE_CONTEXT, "tx": TX_NS, "tx-auth": TX_AUTH_NS}
+ENTRY_TYPE = "EndpointDataReferenceEntry"
+REFRESH_TIMEOUT_SECONDS = 10.0
+MAX_REFRESH_MARGIN_SECONDS = 30.0
+# An EDR's transfer in one of these states still has a data address worth showing.
+ACTIVE_STATES = (State.STARTED.value, State.SUSPENDED.value)
+# Endpoint properties shown under Tractus-X's auth namespace, as its clients read them.
+_TX_AUTH_PROPERTIES = ("expiresIn", "refreshEndpoint", "refreshAudience")
+_KEPT_INSIDE = frozenset({"refreshToken"})
+
+_T = table_of(TransferRow).c
+_A = table_of(AgreementRow).c
+_E = table_of(EdrNegotiationRow)
+_N = table_of(NegotiationRow).c
+
+ENTRY_FIELDS = FixedFields(
+    ENTRY_TYPE,
+    {
+        "id": _T.id,
+        "@id": _T.id,
+        "transferProcessId": _T.id,
+        "assetId": _T.asset_id,
+        "agreementId": _T.agreement_id,
+        "contractNegotiationId": _A.negotiation_id,
+        "providerId": _T.counter_party_did,
+        "createdAt": _T.created_at,
+    },
+    _T.created_at,
+)
+
+
+class EdrError(Exception):
+    """A request about an EDR was refused; ``status`` is the HTTP status to answer."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+# ---------------------------------------------------------------- EDR negotiations
+
+
+def agreed_purpose(offer: dict[str, Any]) -> str | None:
+    """The one purpose an offer's permissions name with ``eq``, if exactly one; else None."""
+    found: set[str] = set()
+    rules = offer.get("permission") or []
+    for rule in rules if isinstance(rules, list) else [rules]:
+        constraints = rule.get("constraint") or [] if isinstance(rule, dict) else []
+        for constraint in constraints if isinstance(constraints, list) else [constraints]:
+            if (
+                isinstance(constraint, dict)
+                and str(constraint.get("leftOperand", "")).rsplit("/", 1)[-1].endswith("purpose")
+                and str(constraint.get("operator", "")).rsplit("/", 1)[-1] in ("eq", "odrl:eq")
+                and isinstance(constraint.get("rightOperand"), str)
+            ):
+                found.add(constraint["rightOperand"])
+    return found.pop() if len(found) == 1 else None
+
+
+def start_edr_negotiation(
+    session: Session,
+    core: ServiceCore,
+    *,
+    counter_party: str,
+    address: str,
+    offer: dict[str, Any],
+    purpose: str | None,
+    callback_addresses: list[dict[str, Any]] | None,
+) -> NegotiationRow:
+    """Negotiate for ``offer``; on FINALIZED a pull transfer declaring ``purpose`` starts by itself.
+
+    Without a purpose, the transfer declares the offer's purpose when the offer names exactly one.
+    """
+    row = consumer_start(session, core, counter_party, address, offer, "automatic")
+    # Committed after the negotiation (consumer_start commits it): the response has not been sent
+    # yet, so a crash in between leaves a client that retries, not an EDR negotiation half-made.
+    session.add(
+        EdrNegotiationRow(
+            negotiation_id=row.id,
+            state=NEGOTIATING,
+            purpose=purpose or agreed_purpose(offer),
+            callback_addresses=json.dumps(callback_addresses) if callback_addresses else None,
+            created_at=row.created_at,
+            updated_at=row.created_at,
+        )
+    )
+    session.commit()
+    return row
+
+
+def negotiations_to_advance(session: Session) -> list[str]:
+    """EDR negotiations still waiting whose negotiation has finished (FINALIZED or TERMINATED)."""
+    finished = (NegotiationState.FINALIZED.value, NegotiationState.TERMINATED.value)
+    statement = (
+        select(_E.c.negotiation_id)
+        .join(table_of(NegotiationRow), _N.id == _E.c.negotiation_id)
+        .where(_E.c.state == NEGOTIATING, _N.state.in_(finished))
+        .limit(50)
+    )
+    return list(session.scalars(statement))
+
+
+def _fail(session: Session, negotiation_id: str, reason: str) -> None:
+    session.execute(
+        update(_E)
+        .where(_E.c.negotiation_id == negotiation_id, _E.c.state == NEGOTIATING)
+        .values(state=FAILED, error_detail=reason[:4000], updated_at=now_millis())
+    )
+    session.commit()
+
+
+def advance(session: Session, core: ServiceCore, negotiation_id: str) -> str | None:
+    """Ask for the pull transfer of a FINALIZED EDR negotiation: its transfer id, or None.
+
+    Claiming the row (a conditional UPDATE) and creating the transfer commit together, so two
+    workers (or replicas) never both start one, and a crash starts none or exactly one.
+    """
+    negotiation = session.get(NegotiationRow, negotiation_id)
+    edr = session.get(EdrNegotiationRow, negotiation_id)
+    if negotiation is None or edr is None or edr.state != NEGOTIATING:
+        return None
+    if negotiation.state == NegotiationState.TERMINATED.value:
+        _fail(session, negotiation_id, f"the negotiation was terminated: {negotiation.error_detail or ''}")
+        return None
+    if negotiation.state != NegotiationState.FINALIZED.value or not negotiation.agreement_id:
+        return None
+    purpose, callbacks = edr.purpose, json.loads(edr.callback_addresses) if edr.callback_addresses else None
+    session.expunge(edr)
+    claimed = session.connection().execute(  # in the session's transaction
+        update(_E)
+        .where(_E.c.negotiation_id == negotiation_id, _E.c.state == NEGOTIATING)
+        .values(state=TRANSFER_REQUESTED, updated_at=now_millis())
+    )
+    if not claimed.rowcount:
+        session.rollback()
+        return None
+    try:
+        transfer = consumer_request(  # commits the claim with the new transfer
+            session,
+            core,
+            address=negotiation.counter_party_address,
+            agreement_id=negotiation.agreement_id,
+            transfer_type=PULL_FORMAT,
+            destination=None,
+            purpose=purpose,
+            callback_addresses=callbacks,
+        )
+    except TransferError as exc:
+        session.rollback()
+        _fail(session, negotiation_id, f"the transfer could not be requested: {exc.reason}")
+        return None
+    session.execute(update(_E).where(_E.c.negotiation_id == negotiation_id).values(transfer_id=transfer.id))
+    session.commit()
+    return transfer.id
+
+
+# ---------------------------------------------------------------- EDR entries
+
+
+def _entries() -> Select[Any]:
+    return (
+        select(TransferRow, _A.negotiation_id)
+        .outerjoin(table_of(AgreementRow), _A.id == _T.agreement_id)
+        .where(
+            _T.role == Role.CONSUMER.value,
+            _T.transfer_type == PULL_FORMAT,
+            _T.data_address.is_not(None),
+            _T.state.in_(ACTIVE_STATES),
+        )
+    )
+
+
+def query_entries(session: Session, spec: QuerySpec) -> list[dict[str, Any]]:
+    statement = (
+        _entries()
+        .where(*ENTRY_FIELDS.conditions(spec.criteria))
+        .order_by(*ENTRY_FIELDS.order(spec))
+        .offset(spec.offset)
+        .limit(spec.limit)
+    )
+    return [entry_to_edc(row, negotiation_id) for row, negotiation_id in session.execute(statement).tuples()]
+
+
+def entry_to_edc(row: TransferRow, negotiation_id: str | None) -> dict[str, Any]:
+    """One EDR entry, a complete JSON-LD object (clients read the items of a list one by one)."""
+    entry: dict[str, Any] = {
+        "@id": row.id,
+        "@type": ENTRY_TYPE,
+        "providerId": row.counter_party_did,
+        "assetId": row.asset_id,
+        "agreementId": row.agreement_id,
+        "transferProcessId": row.id,
+        "createdAt": row.created_at,
+    }
+    if negotiation_id is not None:
+        entry["contractNegotiationId"] = negotiation_id
+    entry["@context"] = dict(EDR_CONTEXT)
+    return entry
+
+
+def not_found(transfer_id: str) -> EdrError:
+    return EdrError(404, f"Object of type {ENTRY_TYPE} with ID={transfer_id} was not found")
+
+
+def edr_row(session: Session, transfer_id: str, *, lock: bool = False) -> TransferRow:
+    """The transfer behind an EDR entry; 404 when there is no such entry (any more)."""
+    row = session.get(TransferRow, transfer_id, with_for_update=lock)
+    if (
+        row is None
+        or row.role != Role.CONSUMER.value
+        or row.transfer_type != PULL_FORMAT
+        or row.data_address is None
+        or row.state not in ACTIVE_STATES
+    ):
+        raise not_found(transfer_id)
+    return row
+
+
+def remove(session: Session, transfer_id: str) -> None:
+    """Forget an EDR: its token is dropped here; the transfer goes on until someone ends it."""
+    row = edr_row(session, transfer_id, lock=True)
+    row.data_address = None
+    row.updated_at = now_millis()
+    session.add(row)
+    session.commit()
+
+
+# ---------------------------------------------------------------- data addresses and refresh
+
+
+def address_to_edc(address: dict[str, Any], provider_did: str) -> dict[str, Any]:
+    """A DSP data address in EDC's flat form: ``endpoint``, ``authorization``, ``authType``, ``tx-auth:*``."""
+    endpoint_type = address.get("endpointType")
+    out: dict[str, Any] = {"@type": "DataAddress", "type": endpoint_type, "endpointType": endpoint_type}
+    out["endpoint"] = address.get("endpoint")
+    for name, value in endpoint_properties(address).items():
+        if name in _KEPT_INSIDE:
+            continue
+        out[f"tx-auth:{name}" if name in _TX_AUTH_PROPERTIES else name] = value
+    out["tx-auth:refreshAudience"] = provider_did
+    out["@context"] = dict(EDR_CONTEXT)
+    return out
+
+
+def expires_at(address: dict[str, Any]) -> float | None:
+    """When the address's access token expires (its ``exp``), if it says; a hint, not a check."""
+    token = endpoint_properties(address).get("authorization")
+    if not token:
+        return None
+    try:
+        _, claims = read_unverified(token)
+    except TokenRejected:
+        return None
+    exp = claims.get("exp")
+    return float(exp) if isinstance(exp, int | float) and not isinstance(exp, bool) else None
+
+
+def due_for_refresh(address: dict[str, Any], now: float | None = None) -> bool:
+    """Is the token expired or about to (within a fifth of its lifetime, at most 30 s)?"""
+    expiry = expires_at(address)
+    if expiry is None:
+        return False
+    try:
+        lifetime = float(endpoint_properties(address).get("expiresIn", MAX_REFRESH_MARGIN_SECONDS))
+    except ValueError:
+        lifetime = MAX_REFRESH_MARGIN_SECONDS
+    margin = min(MAX_REFRESH_MARGIN_SECONDS, max(1.0, lifetime / 5))
+    return expiry - (time.time() if now is None else now) <= margin
+
+
+def _with_tokens(address: dict[str, Any], answer: dict[str, Any]) -> dict[str, Any]:
+    properties = endpoint_properties(address)
+    properties["authorization"] = answer["access_token"]
+    if isinstance(answer.get("refresh_token"), str):
+        properties["refreshToken"] = answer["refresh_token"]
+    if isinstance(answer.get("expires_in"), int):
+        properties["expiresIn"] = str(answer["expires_in"])
+    renewed = {k: v for k, v in address.items() if k != "endpointProperties"}
+    renewed["endpointProperties"] = [
+        {"@type": "EndpointProperty", "name": name, "value": value} for name, value in properties.items()
+    ]
+    return renewed
+
+
+# One refresh at a time per transfer in this process: a second caller waits and sees the new token.
+_refresh_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+
+
+def _lock_for(transfer_id: str) -> asyncio.Lock:
+    lock = _refresh_locks.get(transfer_id)
+    if lock is None:
+        lock = asyncio.Lock()
+        _refresh_locks[transfer_id] = lock
+    return lock
+
+
+def _load(engine: Engine, transfer_id: str) -> tuple[str, str, str]:
+    """(the stored address JSON, the provider's DID, its registered DSP URL)."""
+    with Session(engine) as session:
+        row = edr_row(session, transfer_id)
+        member = get_member(session, row.counter_party_did)
+        if member is None:
+            raise EdrError(409, f"{row.counter_party_did} is no longer a member of this data space")
+        assert row.data_address is not None  # edr_row checked it
+        return row.data_address, row.counter_party_did, member.dsp_url
+
+
+def _store(engine: Engine, transfer_id: str, previous: str, renewed: dict[str, Any]) -> dict[str, Any]:
+    """Keep the renewed address, unless the row got another one meanwhile (then that one stands)."""
+    with Session(engine) as session:
+        row = edr_row(session, transfer_id, lock=True)
+        if row.data_address != previous:
+            assert row.data_address is not None
+            current: dict[str, Any] = json.loads(row.data_address)
+            return current
+        row.data_address = json.dumps(renewed)
+        row.updated_at = now_millis()
+        session.add(row)
+        session.commit()
+        return renewed
+
+
+async def _ask_provider(
+    core: ServiceCore, provider: str, endpoint: str, refresh_token: str
+) -> dict[str, Any]:
+    form = {"grant_type": "refresh_token", "refresh_token": refresh_token}
+    headers = {"Authorization": core.peer_client.authorization_for(provider)}
+    try:
+        async with httpx.AsyncClient(timeout=REFRESH_TIMEOUT_SECONDS, follow_redirects=False) as client:
+            response = await client.post(endpoint, data=form, headers=headers)
+    except httpx.HTTPError as exc:
+        raise EdrError(502, f"the provider's refresh endpoint did not answer: {type(exc).__name__}") from None
+    try:
+        answer = response.json()
+    except ValueError:
+        answer = None
+    if response.status_code != 200:
+        said = answer.get("message") if isinstance(answer, dict) else None
+        status = 409 if 400 <= response.status_code < 500 else 502
+        raise EdrError(
+            status, f"the provider refused the refresh (HTTP {response.status_code}): {said or ''}"
+        )
+    if not isinstance(answer, dict) or not isinstance(answer.get("access_token"), str):
+        raise EdrError(502, "the provider's refresh answer has no access_token")
+    return answer
+
+
+async def data_address(core: ServiceCore, transfer_id: str, *, refresh: str) -> dict[str, Any]:
+    """The EDR's data address in EDC form; ``refresh``: "never", "when-due" (auto_refresh) or "now"."""
+    stored, provider, dsp_url = await run_in_threadpool(_load, core.engine, transfer_id)
+    address: dict[str, Any] = json.loads(stored)
+    if refresh == "never" or (refresh == "when-due" and not due_for_refresh(address)):
+        return address_to_edc(address, provider)
+    async with _lock_for(transfer_id):
+        stored, provider, dsp_url = await run_in_threadpool(_load, core.engine, transfer_id)
+        address = json.loads(stored)
+        if refresh == "when-due" and not due_for_refresh(address):
+            return address_to_edc(address, provider)  # another caller refreshed it while we waited
+        properties = endpoint_properties(address)
+        token, endpoint = properties.get("refreshToken"), properties.get("refreshEndpoint")
+        if not token or not endpoint:
+            raise EdrError(409, "the provider gave no refresh token for this EDR: it cannot be refreshed")
+        if not in_address_space(endpoint, dsp_url):
+            # A URL from the peer: used only on the origin the trust list registered for it.
+            raise EdrError(
+                409, f"the EDR's refresh endpoint {endpoint} is outside {provider}'s address {dsp_url}"
+            )
+        answer = await _ask_provider(core, provider, endpoint, token)
+        renewed: dict[str, Any] = await run_in_threadpool(
+            _store, core.engine, transfer_id, stored, _with_tokens(address, answer)
+        )
+        return address_to_edc(renewed, provider)
