@@ -9,6 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
+from connector.dataplane.public_routes import public_router
 from connector.discovery import discovery_router
 from connector.dsp.catalog_routes import catalog_router
 from connector.dsp.errors import DspError, dsp_error_body, dsp_error_response, error_type_for_path
@@ -74,6 +75,7 @@ def create_app(core: ServiceCore) -> FastAPI:
     app.include_router(negotiations_router())
     app.include_router(transfer_router())
     app.include_router(transfers_router())
+    app.include_router(public_router())
     app.include_router(edrs_router())
     return app
 
