@@ -140,10 +140,12 @@ def _wait(
         state = found.get("state")
         if state == goal and "pendingMessage" not in found:
             return found
+        # The reasons are in the report's line for the step; the headline says only where it stopped.
         if state in failed:
-            raise FetchStopped(f"the {step} ended {_state_line(found)}")
+            raise FetchStopped(f"the {step} ended {state}")
         if time.monotonic() > deadline:
-            raise FetchStopped(f"the {step} is still {_state_line(found)}: timed out")
+            progress.note(step, f"{progress.lines[step]} — timed out")
+            raise FetchStopped(f"the {step} is still {state}: timed out")
         time.sleep(POLL_SECONDS)
 
 
