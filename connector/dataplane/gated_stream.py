@@ -187,21 +187,21 @@ class GatedStream:
         return outputs
 
     async def _decide(self, raws: list[bytes], subjects: list[str | None]) -> list[bytes]:
-        asked = list(dict.fromkeys(s for s in subjects if s is not None))
         counters = self.counters
-        missing = len(subjects) - sum(1 for s in subjects if s is not None)
+        missing = subjects.count(None)
         if missing:
             counters.without_subject += missing
             counters.withheld += missing
+        asked = set(subjects)
+        asked.discard(None)
         if not asked:
             return []
-        decision = await self._ask(asked)
+        decision = await self._ask(asked)  # type: ignore[arg-type]  # None was discarded
         released = decision.released
-        kept = [
-            raw
-            for raw, subject in zip(raws, subjects, strict=True)
-            if subject is not None and subject in released
-        ]
+        if not missing and len(released) == len(asked):
+            kept = raws  # every subject admitted
+        else:
+            kept = [raw for raw, subject in zip(raws, subjects, strict=True) if subject in released]
         decided = len(subjects) - missing
         withheld = decided - len(kept)
         counters.released += len(kept)
@@ -211,9 +211,9 @@ class GatedStream:
             counters.reasons[decision.reason] = counters.reasons.get(decision.reason, 0) + withheld
         return kept
 
-    async def _ask(self, subjects: list[str]) -> GateDecision:
+    async def _ask(self, asked: set[str]) -> GateDecision:
         try:
-            decision = await asyncio.wait_for(self._gate.decide(subjects, self._context), self._timeout)
+            decision = await asyncio.wait_for(self._gate.decide(list(asked), self._context), self._timeout)
         except TimeoutError:
             raise GateUnavailable(
                 f"the personal-data gate did not answer within {self._timeout:g} s"
@@ -227,9 +227,9 @@ class GatedStream:
         if not isinstance(decision.decision_id, str) or not decision.decision_id:
             raise GateGarbage("the personal-data gate answered without a decision id")
         released = decision.released
-        if not isinstance(released, frozenset | set) or not all(type(s) is str for s in released):
+        if not isinstance(released, frozenset | set):
             raise GateGarbage("the personal-data gate answered released subjects that are not ids")
-        if not released <= set(subjects):
+        if not released <= asked:  # also proves every released id is one of the (text) ids asked
             raise GateGarbage("the personal-data gate released subjects it was not asked about")
         if decision.reason is not None and not isinstance(decision.reason, str):
             raise GateGarbage("the personal-data gate answered a reason that is not text")
