@@ -23,7 +23,7 @@ import asyncio
 import json
 import time
 import weakref
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 from fastapi.concurrency import run_in_threadpool
@@ -46,6 +46,7 @@ from identity.tokens import read_unverified
 from identity.trustlist import get_member
 from runtime.service import ServiceCore
 
+RefreshMode = Literal["never", "when-due", "now"]
 PULL_FORMAT = "HttpData-PULL"
 TX_NS = "https://w3id.org/tractusx/v0.0.1/ns/"
 TX_AUTH_NS = "https://w3id.org/tractusx/auth/"
@@ -397,7 +398,7 @@ async def _ask_provider(
     return answer
 
 
-async def data_address(core: ServiceCore, transfer_id: str, *, refresh: str) -> dict[str, Any]:
+async def data_address(core: ServiceCore, transfer_id: str, *, refresh: RefreshMode) -> dict[str, Any]:
     """The EDR's data address in EDC form; ``refresh``: "never", "when-due" (auto_refresh) or "now"."""
     stored, provider, dsp_url = await run_in_threadpool(_load, core.engine, transfer_id)
     address: dict[str, Any] = json.loads(stored)
@@ -411,13 +412,22 @@ async def data_address(core: ServiceCore, transfer_id: str, *, refresh: str) -> 
         properties = endpoint_properties(address)
         token, endpoint = properties.get("refreshToken"), properties.get("refreshEndpoint")
         if not token or not endpoint:
+            if refresh == "when-due":  # nothing to refresh with: the address as the provider gave it
+                return address_to_edc(address, provider)
             raise EdrError(409, "the provider gave no refresh token for this EDR: it cannot be refreshed")
         if not in_address_space(endpoint, dsp_url):
             # A URL from the peer: used only on the origin the trust list registered for it.
             raise EdrError(
                 409, f"the EDR's refresh endpoint {endpoint} is outside {provider}'s address {dsp_url}"
             )
-        answer = await _ask_provider(core, provider, endpoint, token)
+        try:
+            answer = await _ask_provider(core, provider, endpoint, token)
+        except EdrError:
+            # Another replica may have refreshed with the same refresh token first: its token stands.
+            current, _, _ = await run_in_threadpool(_load, core.engine, transfer_id)
+            if current != stored:
+                return address_to_edc(json.loads(current), provider)
+            raise
         renewed: dict[str, Any] = await run_in_threadpool(
             _store, core.engine, transfer_id, stored, _with_tokens(address, answer)
         )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -82,6 +83,7 @@ def _entries(api: httpx.Client, **criteria: str) -> list[dict[str, Any]]:
 
 def _entry_for(pair: TransferPair, negotiation_id: str) -> dict[str, Any]:
     """The EDR entry of an EDR negotiation, once its transfer has STARTED (as the Tractus-X SDK waits)."""
+    assert wait_for(pair.tapi, negotiation_id, "FINALIZED", "TERMINATED", timeout=30)["state"] == "FINALIZED"
     entries = wait_until(
         lambda: _entries(pair.tapi, contractNegotiationId=negotiation_id), 30, f"the EDR of {negotiation_id}"
     )
@@ -185,10 +187,14 @@ def test_refresh_replaces_the_token_and_auto_refresh_renews_an_expired_one(pair:
     stale = _address(pair, transfer_id, "false")
     assert stale["authorization"] == renewed["authorization"]
     assert _pull(stale).status_code == 401
-    fresh = _address(pair, transfer_id)  # auto_refresh is true unless the caller says otherwise
+    # Clients asking at once (auto_refresh is true unless the caller says otherwise) share one refresh.
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        answers = list(pool.map(lambda _: _address(pair, transfer_id), range(4)))
+    fresh = answers[0]
     assert fresh["authorization"] != renewed["authorization"]
+    assert {a["authorization"] for a in answers} == {fresh["authorization"]}, "refreshed more than once"
     assert _pull(fresh).status_code == 200
-    assert _address(pair, transfer_id, "true")["authorization"] == fresh["authorization"], "refreshed twice"
+    assert _address(pair, transfer_id, "true")["authorization"] == fresh["authorization"]
 
 
 def test_delete_forgets_the_edr_and_unknown_ids_are_404(pair: TransferPair) -> None:

@@ -25,7 +25,7 @@ from starlette.background import BackgroundTask
 
 from catalog.jsonld import EDC_NS, TESSERA_NS, first_node, first_value, values
 from catalog.vocabulary import DSP_PROTOCOL, ODRL_NS
-from connector.edrs import EdrError, data_address, query_entries, remove, start_edr_negotiation
+from connector.edrs import EdrError, RefreshMode, data_address, query_entries, remove, start_edr_negotiation
 from connector.management.auth import require_api_key
 from connector.management.common import expanded_body, id_response, query_spec_body
 from connector.management.errors import ManagementApiError
@@ -131,7 +131,7 @@ def edrs_router() -> APIRouter:
 
     @router.get("/{transfer_id}/dataaddress")
     async def get_data_address(transfer_id: str, request: Request) -> JSONResponse:
-        refresh = "when-due" if _auto_refresh(request) else "never"
+        refresh: RefreshMode = "when-due" if _auto_refresh(request) else "never"
         try:
             return JSONResponse(await data_address(service_core(request), transfer_id, refresh=refresh))
         except EdrError as exc:
