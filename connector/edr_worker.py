@@ -15,7 +15,7 @@ import contextlib
 from fastapi.concurrency import run_in_threadpool
 from sqlmodel import Session
 
-from connector.edrs import advance, negotiations_to_advance
+from connector.edr_negotiations import advance, negotiations_to_advance
 from connector.transfer_worker import TransferWorker
 from runtime.logging import get_logger
 from runtime.service import ServiceCore

@@ -25,7 +25,8 @@ from starlette.background import BackgroundTask
 
 from catalog.jsonld import EDC_NS, TESSERA_NS, first_node, first_value, values
 from catalog.vocabulary import DSP_PROTOCOL, ODRL_NS
-from connector.edrs import EdrError, RefreshMode, data_address, query_entries, remove, start_edr_negotiation
+from connector.edr_negotiations import start_edr_negotiation
+from connector.edrs import EdrError, RefreshMode, data_address, query_entries, remove
 from connector.management.auth import require_api_key
 from connector.management.common import expanded_body, id_response, query_spec_body
 from connector.management.errors import ManagementApiError
