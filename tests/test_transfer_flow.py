@@ -8,18 +8,25 @@ exactly as transit stored it. Each test uses its own asset and agreement.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
+import threading
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
 import pytest
+from paho.mqtt import publish
 
 from connector.dsp import schemas
+from connector.edr_refresh import refresh_edr
 from identity.keys import load_private_key
 from identity.tokens import issue_token
+from runtime.service import ServiceCore
 from tests.catalog_helpers import constraint, edc_error, policy_body, rule
+from tests.negotiation_helpers import fake_peer
 from tests.peer_helpers import b64url_decode, sign_ed25519
 from tests.transfer_helpers import (
     TRANSFERS,
@@ -350,3 +357,79 @@ def test_management_api_answers_as_edc_does_and_refuses_bad_input(pair: Transfer
         assert response.status_code == 400, response.text
         assert needle in response.json()[0]["message"], response.json()
     assert len(query(pair.tapi, contractId=agreement_id)) == 1  # nothing half-made
+
+
+def test_the_consumer_refreshes_its_edr_through_the_provider(pair: TransferPair) -> None:
+    pair.publish_file("stops-edr-refresh", CSV)
+    _, consumer_id, _ = pair.pull_started("stops-edr-refresh")
+    endpoint, old_token, _ = pair.edr(consumer_id)
+
+    core = ServiceCore.create(pair.transit.settings)  # transit's own code, on transit's database
+
+    async def refreshed() -> None:
+        try:
+            await refresh_edr(core, consumer_id)
+        finally:
+            await core.peer_client.aclose()
+
+    try:
+        asyncio.run(refreshed())
+    finally:
+        core.engine.dispose()
+    same_endpoint, new_token, properties = pair.edr(consumer_id)
+    assert same_endpoint == endpoint
+    assert new_token != old_token
+    assert _get(endpoint, new_token).content == CSV
+    refused(_get(endpoint, old_token), 401, "replaced")
+    assert int(properties["expiresIn"]) > 0
+
+
+def test_an_upstream_that_fails_is_a_clean_error_and_no_access(pair: TransferPair) -> None:
+    with fake_peer(lambda hit: (500, {"oops": True})) as upstream:
+        address = {"type": "HttpData", "baseUrl": f"{upstream.url}/counts"}
+        pair.publish_file("counts-upstream", b"", address=address)
+        _, consumer_id, provider_id = pair.pull_started("counts-upstream")
+        endpoint, token, _ = pair.edr(consumer_id)
+        response = _get(endpoint, token)
+        assert response.status_code in (502, 504), response.text
+        assert response.json()["error"] == "source"
+        assert "oops" not in response.text
+        assert [hit.path for hit in upstream.hits] == ["/counts"]
+    row = pair.provider_row(provider_id)
+    assert (row["state"], row["access_count"], row["bytes_transferred"]) == ("STARTED", 0, 0)
+
+
+def test_a_live_mqtt_transfer_streams_until_the_provider_suspends_it(pair: TransferPair) -> None:
+    topic = f"tessera-test/{pair.database}/{uuid.uuid4().hex[:8]}/speed"
+    address = {"type": "Mqtt", "broker": "127.0.0.1:1883", "topic": topic}
+    pair.publish_file("traffic-live", b"", address=address)
+    _, consumer_id, provider_id = pair.pull_started("traffic-live")
+    endpoint, token, _ = pair.edr(consumer_id)
+    lines: list[dict[str, Any]] = []
+    finished = threading.Event()
+
+    def read() -> None:
+        with httpx.stream(
+            "GET", endpoint, headers={"Authorization": f"Bearer {token}"}, timeout=60
+        ) as response:
+            assert response.status_code == 200
+            for line in response.iter_lines():
+                if line.strip():
+                    lines.append(json.loads(line))
+        finished.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+
+    def published_and_seen() -> bool:
+        publish.single(topic, json.dumps({"sensor": "S1", "kmh": 42}), hostname="127.0.0.1", port=1883)
+        return len(lines) >= 2
+
+    wait_until(published_and_seen, timeout=30, what="live messages to reach the consumer")
+    assert lines[0] == {"sensor": "S1", "kmh": 42}
+    assert not finished.is_set()
+
+    acted(pair.capi, provider_id, "suspend", "night")
+    pair.both(consumer_id, provider_id, "SUSPENDED")
+    assert finished.wait(15), "the live stream did not end when the transfer was suspended"
+    reader.join(5)

@@ -6,11 +6,13 @@ the bare token, as EDC clients send it). Every request passes
 the access counted) before the asset's source is opened; refusals are 401
 (the token) or 403 (the transfer or the policy), with a JSON body saying why.
 
-Files honour ``Range`` (206; 416 when nothing of the file is selected, 400
-when the header does not parse). Personal assets stream through the
-personal-data gate, record by record, and are served whole (a byte range
-could cut records in half). The body streams: memory stays flat whatever the
-size.
+The asset is opened with the data plane's ``open_asset_stream``: files honour
+``Range`` (206; 416 when nothing of the file is selected, 400 when the header
+does not parse); personal assets stream through the personal-data gate, record
+by record, and are served whole; a live source (MQTT) streams until the
+transfer stops being STARTED (``TransferStop``). An HttpData upstream gets the
+path after the transfer id and the query string where its proxy flags allow.
+The body streams: memory stays flat whatever the size.
 
 ``POST /public/token`` refreshes a token pair (``grant_type=refresh_token``,
 ``refresh_token``), authenticated as the consumer by its peer token.
@@ -18,6 +20,7 @@ size.
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -27,9 +30,8 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from sqlalchemy import Engine
 from sqlmodel import Session
 
-from catalog.assets import AssetRecord
-from catalog.dcat import validate_metadata
 from connector.data_access import AccessDenied, add_bytes, authorize, refresh, uncount
+from connector.dataplane.asset_stream import open_asset_stream
 from connector.dataplane.gate import (
     CLOSED_GATE_REASON,
     ClosedGate,
@@ -37,18 +39,15 @@ from connector.dataplane.gate import (
     GateFailure,
     PersonalDataGate,
 )
-from connector.dataplane.gated_stream import GatedStream
 from connector.dataplane.sources import (
+    ConsumerRequest,
     RangeError,
     RangeNotSatisfiable,
-    Source,
     SourceConfig,
     SourceError,
-    open_source,
-    parse_range,
 )
 from connector.transfer_models import TransferRow
-from connector.transfer_states import Message
+from connector.transfer_states import Message, State
 from connector.transfers import PUBLIC_PATH, TOKEN_PATH, end_by_provider
 from identity.peer_auth import Peer, authenticated_peer
 from runtime.dependencies import db_session, service_core
@@ -93,20 +92,28 @@ class _Counted:
             add_bytes(session, self.transfer_id, self.sent, note)
 
 
-def _gated(
-    request: Request, core: ServiceCore, transfer: TransferRow, asset: AssetRecord, source: Source
-) -> tuple[GatedStream, bool]:
-    meta = validate_metadata(asset.properties)
-    gate = personal_gate(request)
-    context = GateContext(
-        controller=core.settings.did,
-        recipient=transfer.counter_party_did,
-        purpose=meta.consent_purpose or transfer.purpose or "",
-        dataset_id=asset.id,
-        transfer_id=transfer.id,
-    )
-    stream = GatedStream(gate, context, media_type=source.media_type, subject_field=meta.subject_field or "")
-    return stream, isinstance(gate, ClosedGate)
+class TransferStop:
+    """The stop signal of a live stream: True once the transfer is no longer STARTED or is being ended.
+
+    Polled by the source (every ``stop_poll_seconds``); reads the row at most every ``interval``.
+    """
+
+    def __init__(self, engine: Engine, transfer_id: str, interval: float = 0.5) -> None:
+        self._engine = engine
+        self._transfer_id = transfer_id
+        self._interval = interval
+        self._next = 0.0
+        self._stopped = False
+
+    def __call__(self) -> bool:
+        now = time.monotonic()
+        if self._stopped or now < self._next:
+            return self._stopped
+        self._next = now + self._interval
+        with Session(self._engine) as session:
+            row = session.get(TransferRow, self._transfer_id)
+            self._stopped = row is None or row.state != State.STARTED.value or row.pending_message is not None
+        return self._stopped
 
 
 def _end_after_gate_failure(engine: Engine, transfer_id: str, reason: str) -> bool:
@@ -123,7 +130,11 @@ def public_router() -> APIRouter:
     router = APIRouter(tags=["data plane"])
 
     @router.get(PUBLIC_PATH + "/{transfer_id}")
-    async def fetch(transfer_id: str, request: Request, session: Session = Depends(db_session)) -> Response:
+    @router.get(PUBLIC_PATH + "/{transfer_id}/{path:path}")
+    async def fetch(
+        transfer_id: str, request: Request, path: str = "", session: Session = Depends(db_session)
+    ) -> Response:
+        """The data (``path`` and the query string reach an HttpData upstream where its proxy flags allow)."""
         token = _token_of(request)
         if token is None:
             return _refusal(401, "missing", "the request needs the transfer's data token (Authorization)")
@@ -135,50 +146,54 @@ def public_router() -> APIRouter:
             if exc.ended:
                 await worker.kick(transfer_id)
             return _refusal(exc.status, exc.reason, exc.message)
+        transfer, asset = access.transfer, access.asset
+        gate = personal_gate(request)
+        context = GateContext(
+            controller=core.settings.did,
+            recipient=transfer.counter_party_did,
+            purpose=asset.metadata.consent_purpose or transfer.purpose or "",
+            dataset_id=asset.id,
+            transfer_id=transfer.id,
+        )
+        consumer_request = ConsumerRequest(path=path, query=tuple(request.query_params.multi_items()))
         try:
-            source = await open_source(access.asset.data_address, source_config(core))
-        except SourceError as exc:
+            stream = await open_asset_stream(
+                asset,
+                source_config(core),
+                gate=gate,
+                context=context,
+                request=consumer_request,
+                range_header=request.headers.get("range"),
+                stop=TransferStop(core.engine, transfer_id),
+            )
+        except (SourceError, RangeError) as exc:
             await run_in_threadpool(uncount, session, transfer_id)
-            return _refusal(exc.status, "source", str(exc))
-        personal = bool(validate_metadata(access.asset.properties).personal)
-        byte_range = None
+            kind = "range" if isinstance(exc, RangeError) else "source"
+            extra = {"Content-Range": exc.content_range} if isinstance(exc, RangeNotSatisfiable) else None
+            return _refusal(exc.status, kind, str(exc), extra)
+        except GateFailure as exc:
+            if await run_in_threadpool(_end_after_gate_failure, core.engine, transfer_id, exc.reason):
+                await worker.kick(transfer_id)
+            return _refusal(403, "personal-data", f"the personal-data gate refused: {exc.reason}")
         headers: dict[str, str] = {}
-        if source.supports_ranges and source.size is not None and not personal:
+        if stream.source.supports_ranges and stream.gated is None:
             headers["Accept-Ranges"] = "bytes"
-            try:
-                byte_range = parse_range(request.headers.get("range"), source.size)
-            except RangeError as exc:
-                await source.aclose()
-                await run_in_threadpool(uncount, session, transfer_id)
-                extra = {"Content-Range": exc.content_range} if isinstance(exc, RangeNotSatisfiable) else None
-                return _refusal(exc.status, "range", str(exc), extra)
-            length = byte_range.length if byte_range is not None else source.size
-            headers["Content-Length"] = str(length)
-            if byte_range is not None:
-                headers["Content-Range"] = byte_range.content_range(source.size)
+        if stream.size is not None:
+            headers["Content-Length"] = str(stream.size)
+        if stream.content_range is not None:
+            headers["Content-Range"] = stream.content_range
         counted = _Counted(core.engine, transfer_id)
-        gated: GatedStream | None = None
-        closed_gate = False
-        if personal:
-            try:
-                gated, closed_gate = _gated(request, core, access.transfer, access.asset, source)
-            except GateFailure as exc:
-                await source.aclose()
-                if await run_in_threadpool(_end_after_gate_failure, core.engine, transfer_id, exc.reason):
-                    await worker.kick(transfer_id)
-                return _refusal(403, "personal-data", f"the personal-data gate refused: {exc.reason}")
+        closed_gate = isinstance(gate, ClosedGate)
 
         async def body() -> AsyncIterator[bytes]:
             note: str | None = None
-            chunks = source.chunks(byte_range)
             try:
-                stream = gated.filter(chunks) if gated is not None else chunks
-                async for chunk in stream:
+                async for chunk in stream.chunks:
                     counted.sent += len(chunk)
                     yield chunk
-                if gated is not None and gated.counters.withheld:
+                if stream.gated is not None and stream.gated.counters.withheld:
                     why = CLOSED_GATE_REASON if closed_gate else "the gate did not admit their subjects"
-                    note = f"{gated.counters.withheld} personal record(s) withheld: {why}"
+                    note = f"{stream.gated.counters.withheld} personal record(s) withheld: {why}"
             except GateFailure as exc:
                 note = f"the personal-data gate stopped the stream: {exc.reason}"
                 if await run_in_threadpool(_end_after_gate_failure, core.engine, transfer_id, exc.reason):
@@ -188,11 +203,11 @@ def public_router() -> APIRouter:
                 log.warning("source failed mid-stream", transfer=transfer_id, error=str(exc))
                 raise
             finally:
-                await source.aclose()
+                await stream.aclose()
                 await run_in_threadpool(counted.record, note)
 
-        status = 206 if byte_range is not None else 200
-        return StreamingResponse(body(), status_code=status, media_type=source.media_type, headers=headers)
+        status = 206 if stream.byte_range is not None else 200
+        return StreamingResponse(body(), status_code=status, media_type=stream.media_type, headers=headers)
 
     @router.post(TOKEN_PATH)
     async def refresh_token(
