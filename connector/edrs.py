@@ -7,9 +7,9 @@ the negotiations that end in one; this module
 
 - lists EDR entries: our STARTED or SUSPENDED pull transfers that hold a data
   address, each with the negotiation of its agreement;
-- shows a data address in EDC's form and refreshes its token at the
-  provider's refresh endpoint (OAuth2 ``grant_type=refresh_token``, with our
-  peer token proving who asks);
+- shows a data address in EDC's form and refreshes its token when asked or
+  when due, one refresh at a time per EDR (the provider call itself is
+  ``connector.edr_refresh``);
 - forgets an EDR (the transfer itself goes on until someone ends it).
 
 The refresh token never leaves the connector: a refresh goes through
@@ -24,7 +24,6 @@ import time
 import weakref
 from typing import Any, Literal
 
-import httpx
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import Engine, Select, select
 from sqlmodel import Session
@@ -33,9 +32,10 @@ from catalog.assets import now_millis
 from catalog.jsonld import EDC_RESPONSE_CONTEXT
 from catalog.queryspec import FixedFields, QuerySpec, table_of
 from connector.dsp.transfer_messages import endpoint_properties
+from connector.edr_refresh import refresh_edr
 from connector.transfer_models import TransferRow
 from connector.transfer_states import Role, State
-from connector.transfers import in_address_space
+from connector.transfers import TransferError
 from contracts.models import AgreementRow
 from identity.errors import TokenRejected
 from identity.tokens import read_unverified
@@ -48,7 +48,6 @@ TX_NS = "https://w3id.org/tractusx/v0.0.1/ns/"
 TX_AUTH_NS = "https://w3id.org/tractusx/auth/"
 EDR_CONTEXT: dict[str, str] = {**EDC_RESPONSE_CONTEXT, "tx": TX_NS, "tx-auth": TX_AUTH_NS}
 ENTRY_TYPE = "EndpointDataReferenceEntry"
-REFRESH_TIMEOUT_SECONDS = 10.0
 MAX_REFRESH_MARGIN_SECONDS = 30.0
 # An EDR's transfer in one of these states still has a data address worth showing.
 ACTIVE_STATES = (State.STARTED.value, State.SUSPENDED.value)
@@ -198,20 +197,6 @@ def due_for_refresh(address: dict[str, Any], now: float | None = None) -> bool:
     return expiry - (time.time() if now is None else now) <= margin
 
 
-def _with_tokens(address: dict[str, Any], answer: dict[str, Any]) -> dict[str, Any]:
-    properties = endpoint_properties(address)
-    properties["authorization"] = answer["access_token"]
-    if isinstance(answer.get("refresh_token"), str):
-        properties["refreshToken"] = answer["refresh_token"]
-    if isinstance(answer.get("expires_in"), int):
-        properties["expiresIn"] = str(answer["expires_in"])
-    renewed = {k: v for k, v in address.items() if k != "endpointProperties"}
-    renewed["endpointProperties"] = [
-        {"@type": "EndpointProperty", "name": name, "value": value} for name, value in properties.items()
-    ]
-    return renewed
-
-
 # One refresh at a time per transfer in this process: a second caller waits and sees the new token.
 _refresh_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
 
@@ -224,88 +209,45 @@ def _lock_for(transfer_id: str) -> asyncio.Lock:
     return lock
 
 
-def _load(engine: Engine, transfer_id: str) -> tuple[str, str, str]:
-    """(the stored address JSON, the provider's DID, its registered DSP URL)."""
+def _load(engine: Engine, transfer_id: str) -> tuple[str, str]:
+    """(the stored address JSON, the provider's DID)."""
     with Session(engine) as session:
         row = edr_row(session, transfer_id)
-        member = get_member(session, row.counter_party_did)
-        if member is None:
-            raise EdrError(409, f"{row.counter_party_did} is no longer a member of this data space")
         assert row.data_address is not None  # edr_row checked it
-        return row.data_address, row.counter_party_did, member.dsp_url
+        return row.data_address, row.counter_party_did
 
 
-def _store(engine: Engine, transfer_id: str, previous: str, renewed: dict[str, Any]) -> dict[str, Any]:
-    """Keep the renewed address, unless the row got another one meanwhile (then that one stands)."""
+def _check_member(engine: Engine, did: str) -> None:
     with Session(engine) as session:
-        row = edr_row(session, transfer_id, lock=True)
-        if row.data_address != previous:
-            assert row.data_address is not None
-            current: dict[str, Any] = json.loads(row.data_address)
-            return current
-        row.data_address = json.dumps(renewed)
-        row.updated_at = now_millis()
-        session.add(row)
-        session.commit()
-        return renewed
-
-
-async def _ask_provider(
-    core: ServiceCore, provider: str, endpoint: str, refresh_token: str
-) -> dict[str, Any]:
-    form = {"grant_type": "refresh_token", "refresh_token": refresh_token}
-    headers = {"Authorization": core.peer_client.authorization_for(provider)}
-    try:
-        async with httpx.AsyncClient(timeout=REFRESH_TIMEOUT_SECONDS, follow_redirects=False) as client:
-            response = await client.post(endpoint, data=form, headers=headers)
-    except httpx.HTTPError as exc:
-        raise EdrError(502, f"the provider's refresh endpoint did not answer: {type(exc).__name__}") from None
-    try:
-        answer = response.json()
-    except ValueError:
-        answer = None
-    if response.status_code != 200:
-        said = answer.get("message") if isinstance(answer, dict) else None
-        status = 409 if 400 <= response.status_code < 500 else 502
-        raise EdrError(
-            status, f"the provider refused the refresh (HTTP {response.status_code}): {said or ''}"
-        )
-    if not isinstance(answer, dict) or not isinstance(answer.get("access_token"), str):
-        raise EdrError(502, "the provider's refresh answer has no access_token")
-    return answer
+        if get_member(session, did) is None:
+            raise EdrError(409, f"{did} is no longer a member of this data space: no refresh is asked of it")
 
 
 async def data_address(core: ServiceCore, transfer_id: str, *, refresh: RefreshMode) -> dict[str, Any]:
     """The EDR's data address in EDC form; ``refresh``: "never", "when-due" (auto_refresh) or "now"."""
-    stored, provider, dsp_url = await run_in_threadpool(_load, core.engine, transfer_id)
+    stored, provider = await run_in_threadpool(_load, core.engine, transfer_id)
     address: dict[str, Any] = json.loads(stored)
     if refresh == "never" or (refresh == "when-due" and not due_for_refresh(address)):
         return address_to_edc(address, provider)
     async with _lock_for(transfer_id):
-        stored, provider, dsp_url = await run_in_threadpool(_load, core.engine, transfer_id)
+        stored, provider = await run_in_threadpool(_load, core.engine, transfer_id)
         address = json.loads(stored)
         if refresh == "when-due" and not due_for_refresh(address):
             return address_to_edc(address, provider)  # another caller refreshed it while we waited
         properties = endpoint_properties(address)
-        token, endpoint = properties.get("refreshToken"), properties.get("refreshEndpoint")
-        if not token or not endpoint:
-            if refresh == "when-due":  # nothing to refresh with: the address as the provider gave it
-                return address_to_edc(address, provider)
-            raise EdrError(409, "the provider gave no refresh token for this EDR: it cannot be refreshed")
-        if not in_address_space(endpoint, dsp_url):
-            # A URL from the peer: used only on the origin the trust list registered for it.
-            raise EdrError(
-                409, f"the EDR's refresh endpoint {endpoint} is outside {provider}'s address {dsp_url}"
-            )
+        if refresh == "when-due" and not (
+            properties.get("refreshToken") and properties.get("refreshEndpoint")
+        ):
+            return address_to_edc(address, provider)  # nothing to refresh with: as the provider gave it
+        await run_in_threadpool(_check_member, core.engine, provider)
         try:
-            answer = await _ask_provider(core, provider, endpoint, token)
-        except EdrError:
+            # The provider call and the stored swap: connector.edr_refresh (it calls the refresh
+            # endpoint only inside the provider's registered address space).
+            renewed = await refresh_edr(core, transfer_id)
+        except TransferError as exc:
             # Another replica may have refreshed with the same refresh token first: its token stands.
-            current, _, _ = await run_in_threadpool(_load, core.engine, transfer_id)
+            current, _ = await run_in_threadpool(_load, core.engine, transfer_id)
             if current != stored:
                 return address_to_edc(json.loads(current), provider)
-            raise
-        renewed: dict[str, Any] = await run_in_threadpool(
-            _store, core.engine, transfer_id, stored, _with_tokens(address, answer)
-        )
+            raise EdrError(exc.status, exc.reason) from None
         return address_to_edc(renewed, provider)
