@@ -22,10 +22,12 @@ from connector.negotiations import consumer_start
 from connector.transfers import TransferError, consumer_request
 from contracts.models import NegotiationRow
 from contracts.negotiation import State as NegotiationState
+from runtime.logging import get_logger
 from runtime.service import ServiceCore
 
 _E = table_of(EdrNegotiationRow)
 _N = table_of(NegotiationRow).c
+log = get_logger("tessera.edr")
 
 
 def agreed_purpose(offer: dict[str, Any]) -> str | None:
@@ -95,6 +97,7 @@ def _fail(session: Session, negotiation_id: str, reason: str) -> None:
         .values(state=FAILED, error_detail=reason[:4000], updated_at=now_millis())
     )
     session.commit()
+    log.warning("EDR negotiation starts no transfer", negotiation=negotiation_id, reason=reason)
 
 
 def advance(session: Session, core: ServiceCore, negotiation_id: str) -> str | None:
