@@ -30,6 +30,12 @@ pytestmark = pytest.mark.slow
 EDRS = "/management/v3/edrs"
 TOKEN_LIFETIME = 5
 CSV = b"counter,count\n" + b"".join(f"C{i:03d},{i * 13 % 97}\n".encode() for i in range(3000))
+# What the Tractus-X Python SDK puts on the ContractRequest of an EDR negotiation.
+SDK_CONTEXT = [
+    "https://w3id.org/tractusx/policy/v1.0.0",
+    "http://www.w3.org/ns/odrl.jsonld",
+    {"@vocab": EDC_NS},
+]
 TX_CONTEXT = {"tx": "https://w3id.org/tractusx/v0.0.1/ns/", "tx-auth": "https://w3id.org/tractusx/auth/"}
 
 
@@ -57,8 +63,11 @@ def _edr_request(pair: TransferPair, asset_id: str, **members: Any) -> dict[str,
     return contract_request(pair.city.did, pair.city.dsp_url, offer, asset_id, **members)
 
 
-def _negotiate(pair: TransferPair, asset_id: str, **members: Any) -> str:
-    response = pair.tapi.post(EDRS, json=_edr_request(pair, asset_id, **members))
+def _negotiate(pair: TransferPair, asset_id: str, context: Any = None, **members: Any) -> str:
+    body = _edr_request(pair, asset_id, **members)
+    if context is not None:
+        body["@context"] = context
+    response = pair.tapi.post(EDRS, json=body)
     assert response.status_code == 200, response.text
     created = response.json()
     assert created["@type"] == "IdResponse", created
@@ -132,7 +141,7 @@ def _edc_error(response: httpx.Response, status: int, *needles: str) -> dict[str
 
 def test_an_edr_negotiation_starts_a_pull_transfer_whose_edr_pulls_the_data(pair: TransferPair) -> None:
     _publish(pair, "edr-counts")
-    negotiation_id = _negotiate(pair, "edr-counts")
+    negotiation_id = _negotiate(pair, "edr-counts", SDK_CONTEXT, protocol="dataspace-protocol-http")
     negotiation = wait_for(pair.tapi, negotiation_id, "FINALIZED", "TERMINATED", timeout=30)
     assert negotiation["state"] == "FINALIZED", negotiation
 
