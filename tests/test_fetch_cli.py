@@ -37,6 +37,7 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TransferPair]:
             contract=policy_body("contract-meters", [rule(constraint("membership", "eq", "utility"))]),
         )
         made.publish_file("manual-start", b"a,b\n1,2\n", transfer_approval="manual")
+        made.publish_file("vanished", b"a,b\n1,2\n").unlink()  # offered, but its file is gone
         yield made
 
 
@@ -116,6 +117,18 @@ def test_a_step_that_does_not_finish_in_time_is_reported(pair: TransferPair, tmp
     assert "REQUESTED" in lines["transfer"]
     assert "timed out" in lines["transfer"]
     assert not output.exists()
+
+
+def test_a_failed_download_is_reported_and_leaves_no_file(pair: TransferPair, tmp_path: Path) -> None:
+    output = tmp_path / "vanished.csv"
+    result = _fetch(pair, "vanished", "planning", output)
+    assert result.code == 1, result.stdout
+    assert "the provider answered HTTP" in result.stderr
+    lines = {line.split()[0]: line for line in result.stderr.splitlines()[1:] if line.strip()}
+    assert "STARTED" in lines["transfer"] or "TERMINATED" in lines["transfer"]  # as the provider left it
+    assert "✗ the provider answered HTTP" in lines["download"]
+    assert not output.exists()
+    assert _leftovers(tmp_path) == []
 
 
 def test_an_unknown_dataset_or_member_is_one_clear_error(pair: TransferPair, tmp_path: Path) -> None:

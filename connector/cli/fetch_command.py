@@ -292,7 +292,8 @@ def _run(
         raise FetchStopped("the transfer's data address has no endpoint or token")
     try:
         received = _download(endpoint, token, output, timeout, progress)
-    except FetchStopped:
+    except FetchStopped as exc:
+        progress.note("download", f"✗ {exc}")
         # The provider may have ended the transfer and said why: show it beside the download's failure.
         found = client.call("GET", f"{TRANSFERS}/{transfer_id}").body
         progress.note("transfer", _state_line(found) + f" ({transfer_id})")

@@ -80,7 +80,9 @@ async def _message(request: Request, kinds: tuple[Message, ...]) -> tuple[Messag
 def _kick(request: Request, row: NegotiationRow) -> BackgroundTask | None:
     """After the answer is sent, deliver the message this step queued (if any)."""
     finalized = getattr(request.app.state, "on_negotiation_finalized", None)
-    if row.state == State.FINALIZED.value and finalized is not None:  # hook: EDR negotiations go on to transfer
+    if (
+        row.state == State.FINALIZED.value and finalized is not None
+    ):  # hook: EDR negotiations go on to transfer
         return BackgroundTask(finalized, row.id)
     if row.pending_message is None:
         return None
