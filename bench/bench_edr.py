@@ -123,6 +123,8 @@ def run(quick: bool) -> BenchResult:
         notes=[
             "each round is a new negotiation and a new pull transfer; polling every 2 ms on both paths",
             f"{rounds} rounds of each, interleaved",
+            "the EDR path polls POST /edrs/request (a QuerySpec, as Tractus-X clients do); the manual path "
+            "polls GET .../{id}: each poll costs the connector more on the EDR path",
         ],
         parameters={"rounds": rounds},
     )
