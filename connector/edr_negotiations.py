@@ -35,7 +35,7 @@ def agreed_purpose(offer: dict[str, Any]) -> str | None:
     found: set[str] = set()
     rules = offer.get("permission") or []
     for rule in rules if isinstance(rules, list) else [rules]:
-        constraints = rule.get("constraint") or [] if isinstance(rule, dict) else []
+        constraints = (rule.get("constraint") or []) if isinstance(rule, dict) else []
         for constraint in constraints if isinstance(constraints, list) else [constraints]:
             if (
                 isinstance(constraint, dict)

@@ -258,6 +258,8 @@ def test_bad_input_is_refused_naming_the_field(pair: TransferPair) -> None:
         ({k: v for k, v in good.items() if k != "policy"}, "policy"),
         ({**good, "protocol": "ids-multipart"}, "protocol"),
         ({**good, "purpose": 42}, "purpose"),
+        ({**good, "purpose": 0}, "purpose"),
+        ({**good, "purpose": ""}, "purpose"),
         ({**good, "purpose": "x" * 600}, "purpose"),
         ({**good, "counterPartyAddress": "http://127.0.0.1:1/dsp"}, "counterPartyAddress"),
     ]

@@ -50,7 +50,9 @@ def _string(node: dict[str, Any], name: str, *, required: bool, limit: int = 204
     value = first_value(node, EDC_NS + name)
     if name == "purpose" and value is None:
         # EDC's management context makes a bare "purpose" ODRL's term; Tessera's own is accepted too.
-        value = first_value(node, ODRL_NS + name) or first_value(node, TESSERA_NS + name)
+        value = first_value(node, ODRL_NS + name)
+        if value is None:
+            value = first_value(node, TESSERA_NS + name)
     if value is None and not required:
         return None
     if not isinstance(value, str) or not value.strip() or len(value) > limit:
