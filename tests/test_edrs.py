@@ -203,7 +203,8 @@ def test_refresh_replaces_the_token_and_auto_refresh_renews_an_expired_one(pair:
     assert fresh["authorization"] != renewed["authorization"]
     assert {a["authorization"] for a in answers} == {fresh["authorization"]}, "refreshed more than once"
     assert _pull(fresh).status_code == 200
-    assert _address(pair, transfer_id, "true")["authorization"] == fresh["authorization"]
+    # "True": how the Tractus-X SDK (Python requests) spells the flag.
+    assert _address(pair, transfer_id, "True")["authorization"] == fresh["authorization"]
 
 
 def test_delete_forgets_the_edr_and_unknown_ids_are_404(pair: TransferPair) -> None:
