@@ -16,10 +16,12 @@ from connector.dsp.catalog_routes import catalog_router
 from connector.dsp.errors import DspError, dsp_error_body, dsp_error_response, error_type_for_path
 from connector.dsp.negotiation_routes import negotiation_router
 from connector.dsp.transfer_routes import transfer_router
+from connector.edr_worker import EdrWorker
 from connector.federated_crawler import FederatedCrawler
 from connector.management.assets import assets_router
 from connector.management.catalog import catalog_router as management_catalog_router
 from connector.management.contract_definitions import contract_definitions_router
+from connector.management.edrs import edrs_router
 from connector.management.errors import install_management_error_handlers
 from connector.management.federated import federated_catalog_router
 from connector.management.negotiations import negotiations_router
@@ -50,6 +52,7 @@ def create_app(core: ServiceCore) -> FastAPI:
         Witness(core.engine, settings.did, core.key, core.peer_client, core.metrics.registry),
         witness_interval,
     )
+    edr_worker = EdrWorker(core, transfer_worker)
     app = base_app(
         core,
         title=f"Tessera connector {settings.name}",
@@ -58,6 +61,7 @@ def create_app(core: ServiceCore) -> FastAPI:
             warm_policy_engine(core),
             worker.run,
             transfer_worker.run,
+            edr_worker.run,
             *([crawler.run] if interval > 0 else []),
             *([log_witness.run] if witness_interval > 0 else []),
         ],
@@ -66,6 +70,9 @@ def create_app(core: ServiceCore) -> FastAPI:
     app.state.negotiation_worker = worker
     app.state.transfer_worker = transfer_worker
     app.state.log_witness = log_witness
+    app.state.edr_worker = edr_worker
+    # Hook for the DSP negotiation routes: an EDR negotiation's transfer starts the moment it is FINALIZED.
+    app.state.on_negotiation_finalized = edr_worker.kick
     install_management_error_handlers(app)
     install_log_error_handler(app)
     install_dsp_error_handlers(app)
@@ -86,6 +93,7 @@ def create_app(core: ServiceCore) -> FastAPI:
     app.include_router(sink_router(settings.data_dir))
     app.include_router(transfer_log_router())
     app.include_router(transfer_log_management_router())
+    app.include_router(edrs_router())
     return app
 
 

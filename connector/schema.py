@@ -10,6 +10,7 @@ from catalog.models import (
     CrawlStatusRow,
     PolicyDefinition,
 )
+from connector.edr_models import EdrNegotiationRow
 from connector.transfer_models import TransferRow
 from connector.translog.models import (
     LogAlertRow,
@@ -47,5 +48,6 @@ metadata = metadata_of(
         LogCosignatureRow,
         WitnessedLogRow,
         LogAlertRow,
+        EdrNegotiationRow,
     ]
 )
