@@ -1,4 +1,4 @@
-"""The demo data space as a user runs it: `tessera demo`, four processes, Ctrl-C."""
+"""The demo data space as a user runs it: `tessera demo`, five processes, Ctrl-C."""
 
 from __future__ import annotations
 
@@ -18,14 +18,15 @@ import pytest
 from tests.conftest import CliResult
 
 NAMES = ("city", "transit", "utility", "consent")
+PORTS = 5  # the four participants and the embedded MQTT broker
 
 
-def _four_free_ports() -> int:
-    """A base port with the three ports after it free too."""
+def _free_ports() -> int:
+    """A base port with the four ports after it free too."""
     for base in range(21000, 60000, 37):
         socks = []
         try:
-            for offset in range(4):
+            for offset in range(PORTS):
                 sock = socket.socket()
                 sock.bind(("127.0.0.1", base + offset))
                 socks.append(sock)
@@ -35,7 +36,7 @@ def _four_free_ports() -> int:
         finally:
             for sock in socks:
                 sock.close()
-    raise RuntimeError("no four consecutive free ports")
+    raise RuntimeError("no five consecutive free ports")
 
 
 def _port_free(port: int) -> bool:
@@ -94,7 +95,7 @@ def _interrupt(process: subprocess.Popen[str]) -> tuple[int, str]:
 @pytest.mark.slow
 def test_demo_runs_four_participants_and_stops_cleanly(tmp_path: Path, tessera_cli) -> None:
     root = tmp_path / "demo"
-    base = _four_free_ports()
+    base = _free_ports()
     process = _start_demo(root, base)
     try:
         output = _read_until_ready(process)
@@ -112,11 +113,11 @@ def test_demo_runs_four_participants_and_stops_cleanly(tmp_path: Path, tessera_c
             for m in re.finditer(r"^\s+(\w+)\s+sees in (\w+):\s+(.*)$", output, re.MULTILINE)
         }
         assert seen == {
-            ("transit", "city"): "bike-counts, traffic-sensors",
+            ("transit", "city"): "bike-counts",
             ("utility", "city"): "bike-counts",
-            ("city", "transit"): "card-trips, ridership-by-stop",
+            ("city", "transit"): "card-trips, ridership-by-stop, traffic-sensors",
             ("utility", "transit"): "ridership-by-stop",
-            ("city", "utility"): "smart-meter-readings",
+            ("city", "utility"): "grid-load, smart-meter-readings",
             ("transit", "utility"): "(nothing)",
         }
 
@@ -125,6 +126,8 @@ def test_demo_runs_four_participants_and_stops_cleanly(tmp_path: Path, tessera_c
                          r"agreement \S+ signed by provider and consumer", output)  # fmt: skip
         assert re.search(r"city <- transit's card-trips: FINALIZED \(transit's operator approved it by hand\); "
                          r"agreement \S+ signed by provider and consumer", output)  # fmt: skip
+
+        _check_transfers(root, output)
 
         # Everyone trusts everyone else: an authenticated call works between any two.
         for name in NAMES:
@@ -142,7 +145,8 @@ def test_demo_runs_four_participants_and_stops_cleanly(tmp_path: Path, tessera_c
         code, rest = _interrupt(process)
         assert code == 0, rest
         assert "demo stopped" in rest
-        assert all(_port_free(base + offset) for offset in range(4)), "nothing is left listening"
+        assert "live subscription completed after" in rest
+        assert all(_port_free(base + offset) for offset in range(PORTS)), "nothing is left listening"
     finally:
         _stop(process)
 
@@ -154,20 +158,61 @@ def test_demo_runs_four_participants_and_stops_cleanly(tmp_path: Path, tessera_c
         assert "created connector" not in output
         assert "bike-counts (kept)" in output  # published once, found in place the second time
         assert "transit already holds agreement" in output  # negotiated once
+        assert "city already holds agreement" in output
+        _check_transfers(root, output)  # transfers run again under the same agreements
         assert {name: (root / name / "keys" / "public-key.jwk").read_text() for name in NAMES} == dids_before
         # Killed outright (no chance to clean up), the demo still takes its participants with it.
         process.kill()
         process.communicate(timeout=30)
         deadline = time.monotonic() + 20
-        while not all(_port_free(base + offset) for offset in range(4)):
+        while not all(_port_free(base + offset) for offset in range(PORTS)):
             assert time.monotonic() < deadline, "participants outlived a killed demo"
             time.sleep(0.5)
     finally:
         _stop(process)
 
 
+def _check_transfers(root: Path, output: str) -> None:
+    """Transit pulled bike-counts, the city receives traffic-sensors live, the utility pushed grid-load."""
+    pulled = re.search(r"transit pulled city's bike-counts: ([\d,]+) bytes into (\S+) ", output)
+    assert pulled, output
+    path = Path(pulled.group(2))
+    assert path == root / "transit" / "downloads" / "bike-counts.csv"
+    assert path.stat().st_size == int(pulled.group(1).replace(",", "")) > 0
+    assert path.read_bytes() == (root / "city" / "demo-data" / "bike-counts.csv").read_bytes()
+
+    live = re.search(r"city subscribed to transit's traffic-sensors live: (\d+) messages received so far, "
+                     r"appended to (\S+) ", output)  # fmt: skip
+    assert live, output
+    assert int(live.group(1)) >= 3
+    messages = Path(live.group(2))
+    assert messages == root / "city" / "live" / "traffic-sensors.ndjson"
+    before = len(messages.read_text().splitlines())
+    deadline = time.monotonic() + 30
+    while len(messages.read_text().splitlines()) <= before:  # still streaming, a reading a second
+        assert time.monotonic() < deadline, "no new live message arrived"
+        time.sleep(0.5)
+    last = json.loads(messages.read_text().splitlines()[-1])
+    assert {"datastream", "result", "phenomenonTime"} <= set(last)
+
+    pushed = re.search(r"utility pushed grid-load to city: ([\d,]+) bytes arrived as (\S+) ", output)
+    assert pushed, output
+    received = Path(pushed.group(2))
+    assert received.parent == root / "city" / "sink"
+    assert received.read_bytes() == (root / "utility" / "demo-data" / "grid-load.csv").read_bytes()
+    assert int(pushed.group(1).replace(",", "")) == received.stat().st_size
+    assert not list((root / "city" / "sink" / ".partial").glob("*")), "nothing half-written"
+    assert f"{_url_of(output, 'city')}/ui/transfers" in output
+
+
+def _url_of(output: str, name: str) -> str:
+    found = re.search(rf"^\s+{name}\s+connector\s+(\S+)", output, re.MULTILINE)
+    assert found, output
+    return found.group(1)
+
+
 def test_demo_refuses_a_port_in_use(tmp_path: Path) -> None:
-    base = _four_free_ports()
+    base = _free_ports()
     with socket.socket() as blocker:
         blocker.bind(("127.0.0.1", base + 2))
         blocker.listen(1)
