@@ -85,7 +85,9 @@ class Pusher:
                 access = await run_in_threadpool(authorize_push, session, core, transfer_id)
             except AccessDenied as exc:
                 log.info("push refused", transfer=transfer_id, reason=exc.reason)
-                return  # a usage denial has queued the end of the transfer already
+                if not exc.ended:  # a usage denial has queued the end already; anything else ends it here
+                    await run_in_threadpool(self._end, transfer_id, Message.TERMINATION, exc.message, 0)
+                return
         row, asset = access.transfer, access.asset
         config = SourceConfig.for_data_dir(core.settings.data_dir)
         meta = validate_metadata(asset.properties)

@@ -493,7 +493,8 @@ def operator_action(
         raise TransferError(404, f"there is no action {action!r}")
     if _state(row) in TERMINAL:
         raise TransferError(409, f"the transfer is {row.state}; it cannot {action} now", row)
-    if row.lease_until is not None and row.lease_until > now_millis():
+    if row.pending_message is not None and row.lease_until is not None and row.lease_until > now_millis():
+        # (A lease with nothing queued is a push in progress: a suspension or termination stops it.)
         raise TransferError(409, "a message is being sent right now; try again in a moment", row)
     if action == "terminate":
         said = reason or "terminated by the operator"
