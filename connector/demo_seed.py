@@ -180,7 +180,9 @@ def _data_address(dataset: DemoDataset, path: Path | None, broker: str | None) -
     return {"@type": "DataAddress", "type": "File", "path": str(path), "mediaType": dataset.media_type}
 
 
-def _asset(dataset: DemoDataset, address: dict[str, Any], publisher: str) -> dict[str, Any]:
+def _asset(
+    dataset: DemoDataset, path: Path | None, publisher: str, broker: str | None = None
+) -> dict[str, Any]:
     properties: dict[str, Any] = {
         "dct:title": dataset.title,
         "dct:description": dataset.description,
@@ -203,7 +205,7 @@ def _asset(dataset: DemoDataset, address: dict[str, Any], publisher: str) -> dic
         "@context": ASSET_CONTEXT,
         "@id": dataset.asset_id,
         "properties": properties,
-        "dataAddress": address,
+        "dataAddress": _data_address(dataset, path, broker),
     }
 
 
@@ -247,9 +249,7 @@ def seed(settings: ParticipantSettings, broker: str | None = None) -> list[str]:
                 "/management/v3/policydefinitions",
                 _policy(f"access-{dataset.asset_id}", dataset.admitted),
             )
-            asset = _asset(
-                dataset, _data_address(dataset, files.get(dataset.asset_id), broker), settings.name
-            )
+            asset = _asset(dataset, files.get(dataset.asset_id), settings.name, broker)
             outcome = _create(client, "/management/v3/assets", asset)
             if outcome == "kept" and dataset.live_topic:
                 updated = client.put("/management/v3/assets", json=asset)

@@ -127,7 +127,7 @@ def test_a_manual_transfer_is_started_suspended_resumed_and_terminated_on_the_pa
     expect(page.get_by_role("link", name="Transfers", exact=True)).to_have_attribute("aria-current", "page")
     table = page.get_by_role("table", name=re.compile("Transfers of city"))
     expect(table.get_by_role("columnheader")).to_have_text(
-        ["Dataset", "Counter-party", "Our role", "Type", "State", "Bytes", "Accesses", "Started",
+        ["Dataset", "Counter-party", "Our role", "Type", "State", "Bytes", "Accesses", "Requested",
          "Last change", "Reason or progress"]
     )  # fmt: skip
     row = table.get_by_role("row", name=re.compile("bike-counts"))
@@ -242,6 +242,7 @@ def test_a_pushed_file_is_listed_for_the_consumers_operator(
     )
     expect(row).to_contain_text("push")
     expect(row).to_contain_text("COMPLETED")
+    expect(row.get_by_role("cell").nth(4)).to_have_text("— (counted by the provider)")  # bytes: not ours
     files = page.get_by_role("table", name="Files received by transit")
     expect(files.get_by_role("row", name=re.compile("meter-summary"))).to_contain_text(
         hashlib.sha256(CSV).hexdigest()
