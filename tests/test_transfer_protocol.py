@@ -200,6 +200,7 @@ def test_requests_that_the_agreement_does_not_allow_are_refused_and_change_nothi
             (side.request(utility_agreement), "no agreement"),  # someone else's
             (side.request("urn:uuid:never-made"), "no agreement"),
             (side.request(transit_agreement, format="Carrier-Pigeon"), "format"),
+            (side.request(transit_agreement, consumerPid="urn:" + "x" * 300), "consumerPid is longer"),
             (side.request(transit_agreement, callbackAddress="http://evil.example/dsp"), "callbackAddress"),
             (
                 side.request(

@@ -101,6 +101,7 @@ def transfer_router() -> APIRouter:
                     and row.provider_pid is None
                     and row.state != INITIAL
                     and message.get("consumerPid") == row.consumer_pid
+                    and len(str(message.get("providerPid"))) <= 256
                 ):
                     # The provider acknowledged our request without a body: its first message names its pid.
                     row.provider_pid = message.get("providerPid")
