@@ -352,6 +352,34 @@ def test_steps_without_the_csrf_token_are_refused_and_the_buttons_work_by_keyboa
     wait_until(lambda: _pull(pair, consumer_id).status_code == 200, WAIT_SECONDS, "the pull to work")
 
 
+@pytest.mark.slow
+def test_a_transfer_from_a_live_source_is_shown_as_live(pair: TransferPair, provider: BrowserContext) -> None:
+    city, transit = pair.city, pair.transit
+    topic = f"tessera/test/pages/{time.monotonic_ns()}"
+    address = {"type": "Mqtt", "broker": "127.0.0.1:1883", "topic": topic}
+    pair.publish_file("traffic-live", b"", address=address)
+    agreement_id = pair.agree("traffic-live")
+    consumer_id = pair.request(agreement_id)
+    provider_id = pair.provider_side(consumer_id)["@id"]
+    pair.both(consumer_id, provider_id, "STARTED")
+
+    page = provider.new_page()
+    page.goto(f"{city.base_url}/ui/transfers?state=STARTED")
+    row = page.get_by_role("row", name=re.compile("traffic-live"))
+    expect(row.get_by_role("cell").nth(2)).to_have_text("live")
+    page.goto(_url(city, provider_id))
+    expect(page.get_by_role("region", name="Summary")).to_contain_text(
+        "live — messages stream to the consumer until the transfer stops"
+    )
+    expect(page.get_by_role("region", name="What happens next")).to_contain_text(
+        "Live: each access streams messages until the transfer is suspended, completed or terminated."
+    )
+    screenshot(page, "transfer-live-provider")
+    assert_accessible(page)
+    page.get_by_role("button", name=f"Suspend the transfer of traffic-live with {_label(transit)}").click()
+    shows_state(page, _url(city, provider_id), "SUSPENDED")
+
+
 # --- the pieces, without a browser ---
 
 

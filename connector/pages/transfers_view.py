@@ -23,6 +23,7 @@ from sqlmodel import Session
 from catalog.assets import get_asset
 from catalog.queryspec import table_of
 from connector.dataplane.sink import SINK_PATH, SinkRecord, list_sinks, read_sink
+from connector.dataplane.sources import AddressError, source_kind
 from connector.pages.negotiations_view import party_label
 from connector.pages.render import path_segment
 from connector.transfer_models import TransferRow
@@ -67,7 +68,10 @@ def kind_of(session: Session, row: TransferRow) -> str:
         return "push"
     if row.role == Role.PROVIDER.value:
         asset = get_asset(session, row.asset_id)
-        kind = str(asset.data_address.get("type", "")) if asset else ""
+        try:
+            kind = source_kind(asset.data_address) if asset else ""
+        except AddressError:
+            kind = ""
         if kind.lower() in LIVE_ADDRESS_TYPES:
             return "live"
     return "pull"
