@@ -203,6 +203,35 @@ def _check_transfers(root: Path, output: str) -> None:
     assert int(pushed.group(1).replace(",", "")) == received.stat().st_size
     assert not list((root / "city" / "sink" / ".partial").glob("*")), "nothing half-written"
     assert f"{_url_of(output, 'city')}/ui/transfers" in output
+    _check_operator_pages(root, output)
+
+
+def _signed_in(base_url: str, key: str) -> httpx.Client:
+    """A client signed in to a connector's operator pages, as a browser would (form, cookies)."""
+    client = httpx.Client(base_url=base_url, timeout=10)
+    form = client.get("/ui/login")
+    token = re.search(r'name="csrf_token" value="([^"]+)"', form.text)
+    assert token, form.text
+    signed = client.post("/ui/login", data={"csrf_token": token.group(1), "next": "/ui", "api_key": key})
+    assert signed.status_code == 303, signed.text
+    return client
+
+
+def _check_operator_pages(root: Path, output: str) -> None:
+    """The operator pages the demo points to show its transfers: transit's live one, the city's pushed file."""
+    for name, expected in (
+        ("transit", ("traffic-sensors", "live", "bike-counts", "STARTED")),
+        ("city", ("bike-counts", "traffic-sensors", "grid-load", "COMPLETED", str(root / "city" / "sink"))),
+    ):
+        key = (root / name / "management-api-key").read_text().strip()
+        client = _signed_in(_url_of(output, name), key)
+        try:
+            page = client.get("/ui/transfers")
+        finally:
+            client.close()
+        assert page.status_code == 200
+        for text in expected:
+            assert text in page.text, f"{name}'s transfer page does not show {text!r}"
 
 
 def _url_of(output: str, name: str) -> str:
