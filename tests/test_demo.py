@@ -50,10 +50,20 @@ def _port_free(port: int) -> bool:
         return True
 
 
-def _start_demo(root: Path, base_port: int) -> subprocess.Popen[str]:
+def _start_demo(root: Path, base_port: int, *options: str) -> subprocess.Popen[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TESSERA_")}
     return subprocess.Popen(
-        [sys.executable, "-m", "connector", "demo", "--dir", str(root), "--base-port", str(base_port)],
+        [
+            sys.executable,
+            "-m",
+            "connector",
+            "demo",
+            "--dir",
+            str(root),
+            "--base-port",
+            str(base_port),
+            *options,
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -238,6 +248,33 @@ def _url_of(output: str, name: str) -> str:
     found = re.search(rf"^\s+{name}\s+connector\s+(\S+)", output, re.MULTILINE)
     assert found, output
     return found.group(1)
+
+
+@pytest.mark.slow
+def test_demo_streams_live_data_from_a_configured_broker(tmp_path: Path) -> None:
+    """With --mqtt-broker (the local Mosquitto) the demo starts no broker of its own and publishes there."""
+    with socket.socket() as probe:
+        if probe.connect_ex(("127.0.0.1", 1883)) != 0:
+            pytest.skip("no MQTT broker at 127.0.0.1:1883")
+    root = tmp_path / "demo"
+    base = _free_ports()
+    process = _start_demo(root, base, "--mqtt-broker", "127.0.0.1:1883")
+    try:
+        output = _read_until_ready(process)
+        assert _port_free(base + 4), "no embedded broker was started"
+        _check_transfers(root, output)
+        address = json.loads(
+            httpx.get(
+                f"http://127.0.0.1:{base + 1}/management/v3/assets/traffic-sensors",
+                headers={"X-Api-Key": (root / "transit" / "management-api-key").read_text().strip()},
+                timeout=10,
+            ).text
+        )["dataAddress"]
+        assert "127.0.0.1:1883" in json.dumps(address)
+        code, rest = _interrupt(process)
+        assert code == 0, rest
+    finally:
+        _stop(process)
 
 
 def test_demo_refuses_a_port_in_use(tmp_path: Path) -> None:
