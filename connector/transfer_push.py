@@ -21,15 +21,14 @@ from typing import Any
 from fastapi.concurrency import run_in_threadpool
 from sqlmodel import Session
 
-from catalog.dcat import validate_metadata
-from connector.data_access import AccessDenied, add_bytes, authorize_push
+from connector.data_access import AccessDenied, TransferStop, add_bytes, authorize_push
+from connector.dataplane.asset_stream import open_asset_stream
 from connector.dataplane.gate import ClosedGate, GateContext, PersonalDataGate
-from connector.dataplane.gated_stream import GatedStream
-from connector.dataplane.push import PushFailed, PushTarget, push, source_stream
+from connector.dataplane.push import PushFailed, PushTarget, push
 from connector.dataplane.sources import SourceConfig, SourceError, open_source
 from connector.dsp.transfer_messages import endpoint_properties
 from connector.transfer_models import TransferRow
-from connector.transfer_states import Message, State
+from connector.transfer_states import Message
 from connector.transfers import end_by_provider
 from runtime.logging import get_logger
 from runtime.service import ServiceCore
@@ -65,11 +64,6 @@ class Pusher:
     def gate(self) -> PersonalDataGate:
         return self._gate_of() or ClosedGate()
 
-    def _still_started(self, transfer_id: str) -> bool:
-        with Session(self._core.engine) as session:
-            row = session.get(TransferRow, transfer_id)
-            return row is not None and row.state == State.STARTED.value and row.pending_message is None
-
     def _end(self, transfer_id: str, message: Message, reason: str, sent: int) -> None:
         with Session(self._core.engine) as session:
             add_bytes(session, transfer_id, sent)
@@ -90,7 +84,10 @@ class Pusher:
                 return
         row, asset = access.transfer, access.asset
         config = SourceConfig.for_data_dir(core.settings.data_dir)
-        meta = validate_metadata(asset.properties)
+        context = GateContext(
+            core.settings.did, row.counter_party_did, asset.metadata.consent_purpose or "", asset.id, row.id
+        )
+        stop = TransferStop(core.engine, transfer_id)
         try:
             target = push_target(json.loads(row.data_destination or "{}"))
             probe = await open_source(asset.data_address, config)  # the media type, and a clear early failure
@@ -99,23 +96,20 @@ class Pusher:
         except (ValueError, SourceError) as exc:
             await run_in_threadpool(self._end, transfer_id, Message.TERMINATION, f"push failed: {exc}", 0)
             return
-        stream = source_stream(asset.data_address, config)
-        if meta.personal:
-            context = GateContext(
-                core.settings.did, row.counter_party_did, meta.consent_purpose or "", asset.id, row.id
-            )
-            plain = stream
+        gate = self.gate
 
-            def gated() -> AsyncIterator[bytes]:
-                filtered = GatedStream(
-                    self.gate, context, media_type=media_type, subject_field=meta.subject_field or ""
-                )
-                return filtered.filter(plain())
-
-            stream = gated
+        async def stream() -> AsyncIterator[bytes]:
+            # Each attempt opens the asset afresh (gated when personal; a live source ends when the
+            # transfer stops being STARTED).
+            opened = await open_asset_stream(asset, config, gate=gate, context=context, stop=stop)
+            try:
+                async for chunk in opened.chunks:
+                    yield chunk
+            finally:
+                await opened.aclose()
 
         def stopped() -> bool:
-            return not self._still_started(transfer_id)
+            return stop()
 
         try:
             result = await push(stream, target, media_type=media_type, stop=stopped)

@@ -12,6 +12,7 @@ import asyncio
 import hashlib
 import json
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -433,3 +434,34 @@ def test_a_live_mqtt_transfer_streams_until_the_provider_suspends_it(pair: Trans
     pair.both(consumer_id, provider_id, "SUSPENDED")
     assert finished.wait(15), "the live stream did not end when the transfer was suspended"
     reader.join(5)
+
+
+def test_a_live_push_streams_into_the_sink_until_the_consumer_suspends_it(pair: TransferPair) -> None:
+    topic = f"tessera-test/{pair.database}/{uuid.uuid4().hex[:8]}/flow"
+    pair.publish_file(
+        "traffic-push", b"", address={"type": "Mqtt", "broker": "127.0.0.1:1883", "topic": topic}
+    )
+    agreement_id = pair.agree("traffic-push")
+    consumer_id = pair.request(agreement_id, "HttpData-PUSH", dataDestination=None)
+    provider_id = pair.provider_side(consumer_id)["@id"]
+    pair.both(consumer_id, provider_id, "STARTED")
+
+    def published_and_pushed() -> bool:
+        publish.single(topic, json.dumps({"sensor": "S9", "vehicles": 7}), hostname="127.0.0.1", port=1883)
+        return pair.provider_row(provider_id)["lease_owner"] is not None  # the push is running
+
+    wait_until(published_and_pushed, timeout=30, what="the push to run")
+    for _ in range(3):
+        publish.single(topic, json.dumps({"sensor": "S9", "vehicles": 8}), hostname="127.0.0.1", port=1883)
+        time.sleep(0.3)
+
+    acted(pair.tapi, consumer_id, "suspend", "enough for today")
+    pair.both(consumer_id, provider_id, "SUSPENDED")
+    received = pair.transit.data_dir / "sink" / "traffic-push"
+    lines = wait_until(
+        lambda: received.exists() and received.read_text().splitlines(), what="the pushed file"
+    )
+    assert {"sensor": "S9", "vehicles": 8} in [json.loads(line) for line in lines]
+    row = wait_until(lambda: (r := pair.provider_row(provider_id))["lease_owner"] is None and r)
+    assert row["state"] == "SUSPENDED"
+    assert row["bytes_transferred"] == received.stat().st_size

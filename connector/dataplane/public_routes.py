@@ -20,7 +20,6 @@ The body streams: memory stays flat whatever the size.
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -30,7 +29,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from sqlalchemy import Engine
 from sqlmodel import Session
 
-from connector.data_access import AccessDenied, add_bytes, authorize, refresh, uncount
+from connector.data_access import AccessDenied, TransferStop, add_bytes, authorize, refresh, uncount
 from connector.dataplane.asset_stream import open_asset_stream
 from connector.dataplane.gate import (
     CLOSED_GATE_REASON,
@@ -47,7 +46,7 @@ from connector.dataplane.sources import (
     SourceError,
 )
 from connector.transfer_models import TransferRow
-from connector.transfer_states import Message, State
+from connector.transfer_states import Message
 from connector.transfers import PUBLIC_PATH, TOKEN_PATH, end_by_provider
 from identity.peer_auth import Peer, authenticated_peer
 from runtime.dependencies import db_session, service_core
@@ -90,30 +89,6 @@ class _Counted:
     def record(self, note: str | None = None) -> None:
         with Session(self.engine) as session:
             add_bytes(session, self.transfer_id, self.sent, note)
-
-
-class TransferStop:
-    """The stop signal of a live stream: True once the transfer is no longer STARTED or is being ended.
-
-    Polled by the source (every ``stop_poll_seconds``); reads the row at most every ``interval``.
-    """
-
-    def __init__(self, engine: Engine, transfer_id: str, interval: float = 0.5) -> None:
-        self._engine = engine
-        self._transfer_id = transfer_id
-        self._interval = interval
-        self._next = 0.0
-        self._stopped = False
-
-    def __call__(self) -> bool:
-        now = time.monotonic()
-        if self._stopped or now < self._next:
-            return self._stopped
-        self._next = now + self._interval
-        with Session(self._engine) as session:
-            row = session.get(TransferRow, self._transfer_id)
-            self._stopped = row is None or row.state != State.STARTED.value or row.pending_message is not None
-        return self._stopped
 
 
 def _end_after_gate_failure(engine: Engine, transfer_id: str, reason: str) -> bool:
