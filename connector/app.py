@@ -10,7 +10,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from connector.dataplane.public_routes import public_router
-from connector.dataplane.sink import sink_router
+from connector.dataplane.sink import clean_partial_uploads, sink_router
 from connector.discovery import discovery_router
 from connector.dsp.catalog_routes import catalog_router
 from connector.dsp.errors import DspError, dsp_error_body, dsp_error_response, error_type_for_path
@@ -59,6 +59,7 @@ def create_app(core: ServiceCore) -> FastAPI:
         services=dsp_services(settings.did, settings.public_url, settings.dsp_url),
         background=[
             warm_policy_engine(core),
+            clean_sink(core),
             worker.run,
             transfer_worker.run,
             edr_worker.run,
@@ -130,3 +131,22 @@ def warm_policy_engine(core: ServiceCore) -> Callable[[], Coroutine[Any, Any, No
             )
 
     return warm
+
+
+def clean_sink(core: ServiceCore) -> Callable[[], Coroutine[Any, Any, None]]:
+    """A start-up job: remove what pushes cut short by a crash left in ``<data_dir>/sink/``.
+
+    Uploads cut while this process runs clean up after themselves; only a crash leaves
+    a partial file or a lock behind, and the sink ignores both until they are removed.
+    """
+
+    async def clean() -> None:
+        try:
+            removed = await run_in_threadpool(clean_partial_uploads, core.settings.data_dir)
+        except OSError as exc:
+            get_logger("tessera.sink").warning("sink not cleaned at start-up", error=type(exc).__name__)
+            return
+        if removed:
+            get_logger("tessera.sink").info("partial uploads removed at start-up", files=removed)
+
+    return clean
