@@ -278,7 +278,9 @@ def _log_conclusion(
 
 def _request_context(session: Session, did: str) -> RequestContext:
     member = get_member(session, did)
-    return RequestContext(participant_id=did, memberships=frozenset(member.memberships if member else ()))
+    return RequestContext(
+        participant_id=did, memberships=frozenset(member.memberships if member else ()), stage="negotiation"
+    )
 
 
 def _policy_decision(core: ServiceCore, policy_id: str, context: RequestContext) -> Decision:
