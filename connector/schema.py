@@ -10,6 +10,7 @@ from catalog.models import (
     CrawlStatusRow,
     PolicyDefinition,
 )
+from connector.auditor.models import AuditIndexRow, AuditorRow
 from connector.translog.models import (
     LogAlertRow,
     LogCheckpointRow,
@@ -45,5 +46,7 @@ metadata = metadata_of(
         LogCosignatureRow,
         WitnessedLogRow,
         LogAlertRow,
+        AuditorRow,
+        AuditIndexRow,
     ]
 )
