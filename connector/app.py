@@ -24,6 +24,9 @@ from connector.management.policies import policies_router
 from connector.negotiation_worker import NegotiationWorker
 from connector.pages.routes import pages_router
 from connector.peers import peers_router
+from connector.translog.management import transfer_log_management_router
+from connector.translog.routes import install_log_error_handler, transfer_log_router
+from connector.translog.witness import LogWitness, Witness
 from identity.did import dsp_services
 from runtime.logging import get_logger
 from runtime.service import ServiceCore, base_app
@@ -34,15 +37,27 @@ def create_app(core: ServiceCore) -> FastAPI:
     interval = settings.catalog_crawl_interval_seconds
     crawler = FederatedCrawler(core.engine, core.peer_client, interval)
     worker = NegotiationWorker(core)
+    witness_interval = settings.log_witness_interval_seconds
+    log_witness = LogWitness(
+        Witness(core.engine, settings.did, core.key, core.peer_client, core.metrics.registry),
+        witness_interval,
+    )
     app = base_app(
         core,
         title=f"Tessera connector {settings.name}",
         services=dsp_services(settings.did, settings.public_url, settings.dsp_url),
-        background=[warm_policy_engine(core), worker.run, *([crawler.run] if interval > 0 else [])],
+        background=[
+            warm_policy_engine(core),
+            worker.run,
+            *([crawler.run] if interval > 0 else []),
+            *([log_witness.run] if witness_interval > 0 else []),
+        ],
     )
     app.state.crawler = crawler
     app.state.negotiation_worker = worker
+    app.state.log_witness = log_witness
     install_management_error_handlers(app)
+    install_log_error_handler(app)
     install_dsp_error_handlers(app)
     app.include_router(discovery_router())
     app.include_router(peers_router())
@@ -55,6 +70,8 @@ def create_app(core: ServiceCore) -> FastAPI:
     app.include_router(pages_router())
     app.include_router(federated_catalog_router())
     app.include_router(negotiations_router())
+    app.include_router(transfer_log_router())
+    app.include_router(transfer_log_management_router())
     return app
 
 

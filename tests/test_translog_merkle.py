@@ -120,3 +120,22 @@ def test_the_frontier_gives_the_same_root_as_the_whole_tree() -> None:
         for (level, index), h in completed:
             assert tree.levels[level][index] == h
         assert fold_subtrees(frontier) == tree.root(size + 1)
+
+
+def test_range_proofs_rebuild_the_root_from_any_slice_of_leaves() -> None:
+    from connector.translog.merkle import range_proof, root_from_range, root_of_leaves
+
+    tree = _tree(45)
+    leaves = tree.levels[0]
+    for size in (1, 2, 7, 16, 45):
+        assert root_of_leaves(leaves[:size]) == tree.root(size)
+        for start in range(size):
+            for end in range(start + 1, size + 1):
+                proof = range_proof(tree, start, end, size)
+                assert root_from_range(start, end, size, leaves[start:end], proof) == tree.root(size)
+    proof = range_proof(tree, 10, 20, 45)
+    swapped = leaves[10:20]
+    swapped[3], swapped[4] = swapped[4], swapped[3]
+    assert root_from_range(10, 20, 45, swapped, proof) != tree.root()
+    with pytest.raises(ProofError):
+        root_from_range(10, 20, 45, leaves[10:19], proof)

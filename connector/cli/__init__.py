@@ -10,6 +10,7 @@ import sys
 
 import typer
 
+from connector.cli.audit_commands import audit_app
 from connector.cli.catalog_commands import assets_app, register_catalog_commands
 from connector.cli.contracts_commands import contracts_app
 from connector.cli.dataspace import dataspace_app
@@ -31,6 +32,7 @@ app.add_typer(consent_app, name="consent")
 app.add_typer(assets_app, name="assets")
 register_catalog_commands(app)
 app.add_typer(contracts_app, name="contracts")
+app.add_typer(audit_app, name="audit")
 
 
 def main(argv: list[str] | None = None) -> int:

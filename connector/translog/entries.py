@@ -119,12 +119,12 @@ def obj(fields: Mapping[str, Validator], required: frozenset[str] = frozenset())
     def check(name: str, value: Any) -> None:
         if not isinstance(value, dict):
             raise _fail(name, "an object")
-        _check_fields(value, fields, required, prefix=f"{name}.")
+        check_fields(value, fields, required, prefix=f"{name}.")
 
     return check
 
 
-def _check_fields(
+def check_fields(
     entry: Mapping[str, Any], fields: Mapping[str, Validator], required: frozenset[str], *, prefix: str = ""
 ) -> None:
     missing = sorted(required - entry.keys())
@@ -233,6 +233,22 @@ register_kind(
 )
 
 
+WITNESS_ALERT = "witness.alert"
+register_kind(
+    WITNESS_ALERT,
+    {
+        "member": identifier,  # whose log misbehaved
+        "alert": one_of("fork", "shrink", "rewrite"),
+        "previousSize": count,
+        "previousRoot": identifier,  # base64
+        "newSize": count,
+        "newRoot": identifier,
+        "detail": text,
+    },
+    {"member", "alert", "previousSize", "previousRoot", "newSize", "newRoot"},
+)
+
+
 # ------------------------------------------------------------------ building entries
 
 
@@ -247,7 +263,7 @@ def canonical_entry(kind: str, fields: Mapping[str, Any], epoch_ms: int) -> byte
         raise EntryError(f"unknown entry kind {kind!r}; known: {', '.join(sorted(KINDS))}")
     if "kind" in fields or "time" in fields:
         raise EntryError("'kind' and 'time' are set by the log, not by the caller")
-    _check_fields(fields, spec.fields, spec.required)
+    check_fields(fields, spec.fields, spec.required)
     data = rfc8785.dumps({"kind": kind, "time": utc_time(epoch_ms), **fields})
     if len(data) > MAX_ENTRY_BYTES:
         raise EntryError(f"the entry is {len(data)} bytes; at most {MAX_ENTRY_BYTES} are logged")

@@ -262,3 +262,64 @@ def verify_consistency(size1: int, size2: int, proof: Sequence[bytes], root1: by
         raise ProofError(f"the consistency proof does not lead to the root of size {size1}")
     if sr != root2:
         raise ProofError(f"the consistency proof does not lead to the root of size {size2}")
+
+
+def root_of_leaves(leaves: Iterable[bytes]) -> bytes:
+    """The RFC 9162 root of a list of leaf hashes, in one pass with O(log n) memory."""
+    stack: list[bytes] = []  # complete subtrees, largest first
+    for index, leaf in enumerate(leaves):
+        stack.append(leaf)
+        while index & 1:
+            right = stack.pop()
+            stack[-1] = node_hash(stack[-1], right)
+            index >>= 1
+    return fold_subtrees(stack)
+
+
+def range_proof_ranges(start: int, end: int, size: int) -> list[Range]:
+    """The ranges outside [start, end) whose roots, with the leaves inside, give the root of ``size``.
+
+    In the order ``root_from_range`` consumes them (left to right in the tree).
+    """
+    if not 0 <= start < end <= size:
+        raise ProofError(f"no range proof for [{start}, {end}) in a tree of size {size}")
+    ranges: list[Range] = []
+
+    def walk(lo: int, hi: int) -> None:
+        if hi <= start or lo >= end:
+            ranges.append((lo, hi))
+        elif not (start <= lo and hi <= end):
+            k = split_point(hi - lo)
+            walk(lo, lo + k)
+            walk(lo + k, hi)
+
+    walk(0, size)
+    return ranges
+
+
+def range_proof(reader: NodeReader, start: int, end: int, size: int) -> list[bytes]:
+    return _range_roots(reader, range_proof_ranges(start, end, size))
+
+
+def root_from_range(
+    start: int, end: int, size: int, leaves: Sequence[bytes], proof: Sequence[bytes]
+) -> bytes:
+    """The root of the tree of ``size`` from the leaves [start, end) and a range proof (ProofError if malformed)."""
+    if len(leaves) != end - start:
+        raise ProofError(f"expected {end - start} leaves, got {len(leaves)}")
+    expected = range_proof_ranges(start, end, size)
+    if len(proof) != len(expected):
+        raise ProofError(f"the range proof has {len(proof)} hashes where {len(expected)} are needed")
+    _check_lengths(proof)
+    supplied = iter(proof)
+
+    def walk(lo: int, hi: int) -> bytes:
+        if hi <= start or lo >= end:
+            return next(supplied)
+        if start <= lo and hi <= end:
+            return root_of_leaves(leaves[lo - start : hi - start])
+        k = split_point(hi - lo)
+        left = walk(lo, lo + k)
+        return node_hash(left, walk(lo + k, hi))
+
+    return walk(0, size)
