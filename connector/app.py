@@ -9,6 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
+from connector.auditor.routes import audit_router
 from connector.discovery import discovery_router
 from connector.dsp.catalog_routes import catalog_router
 from connector.dsp.errors import DspError, dsp_error_body, dsp_error_response, error_type_for_path
@@ -68,6 +69,7 @@ def create_app(core: ServiceCore) -> FastAPI:
     app.include_router(policies_router())
     app.include_router(contract_definitions_router())
     app.include_router(pages_router())
+    app.include_router(audit_router())
     app.include_router(federated_catalog_router())
     app.include_router(negotiations_router())
     app.include_router(transfer_log_router())

@@ -96,9 +96,7 @@ def add_auditor(engine: Engine, name: str, password: str, *, reset: bool = False
                     )
                 )
         except IntegrityError:
-            raise AuditorError(
-                f"auditor {name!r} exists already (give --reset for a new password)"
-            ) from None
+            raise AuditorError(f"auditor {name!r} exists already (give --reset for a new password)") from None
     return auditor
 
 

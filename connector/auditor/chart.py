@@ -57,7 +57,9 @@ class BarChart:
     baseline: int = HEIGHT - BOTTOM
 
 
-def _chart(chart_id: str, title: str, summary: str, values: list[tuple[str, int, str]], top_label: str) -> BarChart:
+def _chart(
+    chart_id: str, title: str, summary: str, values: list[tuple[str, int, str]], top_label: str
+) -> BarChart:
     plot_width = WIDTH - LEFT - 8
     plot_height = HEIGHT - BOTTOM - TOP
     peak = max((v for _, v, _ in values), default=0)
@@ -102,7 +104,9 @@ def transfer_charts(totals: DailyTotals) -> tuple[BarChart, BarChart]:
     )
     heaviest = max(days, key=lambda d: d.bytes, default=None)
     heaviest_text = (
-        f" The most was {human_bytes(heaviest.bytes)} on {heaviest.day}." if heaviest and heaviest.bytes else ""
+        f" The most was {human_bytes(heaviest.bytes)} on {heaviest.day}."
+        if heaviest and heaviest.bytes
+        else ""
     )
     sizes = _chart(
         "chart-bytes",

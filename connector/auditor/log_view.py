@@ -178,16 +178,19 @@ def entry_views(
                 pretty=json.dumps(entry, indent=2, ensure_ascii=False) if entry else row.entry,
                 facts=_facts(entry),
                 signatures=[
-                    (label, entry[key]) for key, label in SIGNATURE_FIELDS.items() if isinstance(entry.get(key), str)
+                    (label, entry[key])
+                    for key, label in SIGNATURE_FIELDS.items()
+                    if isinstance(entry.get(key), str)
                 ],
                 personal=bool(facts.get(index, {}).get("personal")),
                 proof=" ".join(base64.b64encode(h).decode() for h in proof),
                 proof_length=len(proof),
                 in_checkpoint=in_checkpoint,
                 agreement_url=(
-                    f"/ui/audit/agreements/{path_segment(agreement_id)}" if isinstance(agreement_id, str) else None
+                    f"/ui/audit/agreements/{path_segment(agreement_id)}"
+                    if isinstance(agreement_id, str)
+                    else None
                 ),
             )
         )
     return views
-

@@ -119,12 +119,10 @@ def _parse_date(text: str, label: str, errors: list[str]) -> date | None:
     if not text:
         return None
     try:
-        return date.fromisoformat(text) if len(text) == 10 else _bad_date(label, text, errors)
+        if len(text) == 10:
+            return date.fromisoformat(text)
     except ValueError:
-        return _bad_date(label, text, errors)
-
-
-def _bad_date(label: str, text: str, errors: list[str]) -> None:
+        pass
     errors.append(f"The {label} date {text[:40]!r} is not a date like 2026-11-21.")
     return None
 
@@ -229,7 +227,9 @@ def matching_indexes(conn: Connection, wanted: TimelineFilter) -> tuple[list[int
 
 
 def index_facts(conn: Connection, indexes: list[int]) -> dict[int, dict[str, Any]]:
-    rows = conn.execute(select(INDEX).where(INDEX.c.idx.in_(indexes))) if indexes else []
+    if not indexes:
+        return {}
+    rows = conn.execute(select(INDEX).where(INDEX.c.idx.in_(indexes)))
     return {int(r.idx): dict(r._mapping) for r in rows}
 
 
