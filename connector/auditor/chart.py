@@ -40,6 +40,7 @@ class Bar:
 class Tick:
     x: float
     text: str
+    anchor: str  # the first label starts at its bar, the last ends at its bar: neither is cut off
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,14 @@ def _chart(
         )
     last = len(values) - 1
     marks = sorted({0, last // 2, last}) if values else []
-    ticks = [Tick(round(LEFT + p * step + step / 2, 2), values[p][0]) for p in marks]
+    ticks = [
+        Tick(
+            round(LEFT + p * step + (0 if p == 0 else step if p == last else step / 2), 2),
+            values[p][0],
+            "start" if p == 0 else "end" if p == last else "middle",
+        )
+        for p in marks
+    ]
     return BarChart(chart_id, title, summary, bars, ticks, top_label if peak else "0")
 
 
