@@ -14,7 +14,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
 
-from sqlalchemy import BigInteger, Connection, Engine, and_, func, insert, or_, select
+from sqlalchemy import BigInteger, Connection, Engine, and_, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -75,14 +75,22 @@ def index_values(entry: Mapping[str, Any], kind: str, personal_datasets: set[str
 
 
 def _personal_datasets(conn: Connection) -> set[str]:
-    return set(conn.execute(select(ASSET.c.id).where(ASSET.c.personal.is_(True))).scalars())
+    """Datasets that carry personal data: our assets marked personal, and any logged with consent counts."""
+    local = conn.execute(select(ASSET.c.id).where(ASSET.c.personal.is_(True))).scalars()
+    logged = conn.execute(
+        select(INDEX.c.dataset).where(INDEX.c.personal.is_(True), INDEX.c.dataset.is_not(None)).distinct()
+    ).scalars()
+    return {*local, *logged}
 
 
 def refresh_index(engine: Engine) -> int:
     """Index the entries appended since the last refresh; how many were indexed.
 
-    Another process refreshing at the same moment makes one of the two stop early (the
-    primary key refuses the second copy); the next refresh carries on.
+    An entry is about personal data when it carries consent counts or names a dataset that
+    does (ours marked personal, or one logged with consent counts before or in this batch:
+    then its earlier entries, e.g. the transfer's start, are marked too). Another process
+    refreshing at the same moment makes one of the two stop early (the primary key refuses
+    the second copy); the next refresh carries on.
     """
     indexed = 0
     while True:
@@ -98,6 +106,7 @@ def refresh_index(engine: Engine) -> int:
                 if not rows:
                     return indexed
                 personal = _personal_datasets(conn)
+                known = set(personal)
                 values = []
                 for row in rows:
                     try:
@@ -105,8 +114,18 @@ def refresh_index(engine: Engine) -> int:
                     except ValueError:
                         entry = {}
                     facts = index_values(entry if isinstance(entry, dict) else {}, row.kind, personal)
+                    if facts["personal"] and facts["dataset"]:
+                        personal.add(facts["dataset"])
                     values.append({"idx": int(row.idx), "created_at": int(row.created_at), **facts})
+                for value in values:  # entries of the batch logged before their dataset showed consent
+                    value["personal"] = value["personal"] or value["dataset"] in personal
                 conn.execute(insert(INDEX), values)
+                if personal - known:
+                    conn.execute(
+                        update(INDEX)
+                        .where(INDEX.c.dataset.in_(sorted(personal - known)), INDEX.c.personal.is_(False))
+                        .values(personal=True)
+                    )
                 indexed += len(values)
         except IntegrityError:
             return indexed
