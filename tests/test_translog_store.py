@@ -124,3 +124,17 @@ def test_appends_from_several_processes_serialise(database_url: str) -> None:
         assert reasons == sorted(f"refusal number {n}" for n in range(160))
     finally:
         engine.dispose()
+
+
+def test_entries_are_written_in_rfc8785_form() -> None:
+    import rfc8785
+
+    from connector.translog.entries import canonical_entry
+
+    tricky = ["plain", "é ü ß", "tab\tnew\nline", "quote \" back \\ slash", "\u2028\u2029", "😀 astral", "\x7f del", "<>&'"]
+    for reason in tricky:
+        fields = {**refusal(0), "reason": reason, "dataset": "d-" + reason.replace("\t", " ").replace("\n", " ")}
+        data = canonical_entry(REFUSAL, fields, 1_795_255_200_123)
+        assert data == rfc8785.dumps(json.loads(data))
+    with pytest.raises(EntryError, match="lone surrogate"):
+        canonical_entry(REFUSAL, {**refusal(0), "reason": "\ud800"}, 0)

@@ -117,3 +117,96 @@ def rewrite_history(engine: Engine, index: int, reason: str) -> None:
             conn.execute(node_t.insert(), rows)
         frontier = [tree.levels[lv][ix] for lv, ix in merkle.subtrees_of(0, tree.size)]
         conn.execute(update(head_t).values(frontier=b"".join(frontier)))
+
+
+def forget_checkpoints(engine: Engine) -> None:
+    """An operator bypassing the signer's memory: every checkpoint signed so far is deleted."""
+    from sqlalchemy import delete
+
+    from connector.translog.models import LogCheckpointRow, LogCosignatureRow
+
+    with engine.begin() as conn:
+        conn.execute(delete(LogCheckpointRow.__table__))  # type: ignore[attr-defined]
+        conn.execute(delete(LogCosignatureRow.__table__))  # type: ignore[attr-defined]
+
+
+def truncate_log(engine: Engine, size: int) -> None:
+    """Delete every entry from ``size`` on (and the hashes above them), as someone hiding them would."""
+    from sqlalchemy import delete, select, update
+
+    from connector.translog import merkle
+    from connector.translog.models import LogHeadRow, LogLeafRow, LogNodeRow
+
+    leaf_t = LogLeafRow.__table__  # type: ignore[attr-defined]
+    node_t = LogNodeRow.__table__  # type: ignore[attr-defined]
+    head_t = LogHeadRow.__table__  # type: ignore[attr-defined]
+    with engine.begin() as conn:
+        conn.execute(delete(leaf_t).where(leaf_t.c.idx >= size))
+        leaves = [bytes(r.leaf_hash) for r in conn.execute(select(leaf_t.c.leaf_hash).order_by(leaf_t.c.idx))]
+        tree = merkle.MemoryTree(leaves)
+        conn.execute(delete(node_t))
+        rows = [
+            {"level": level, "idx": i, "hash": h}
+            for level, hashes in enumerate(tree.levels)
+            if level > 0
+            for i, h in enumerate(hashes)
+        ]
+        if rows:
+            conn.execute(node_t.insert(), rows)
+        frontier = [tree.levels[lv][ix] for lv, ix in merkle.subtrees_of(0, tree.size)]
+        conn.execute(update(head_t).values(size=size, frontier=b"".join(frontier)))
+
+
+def log_signed_agreement(
+    provider: Any, consumer_did: str, consumer_key: Any, n: int, *, forge: bool = False
+) -> str:
+    """An agreement signed by both parties, stored at ``provider`` and logged as finalized; its id.
+
+    ``forge``: the consumer's signature is made with a stranger's key (what a log must not hide).
+    """
+    import uuid
+
+    from sqlmodel import Session
+
+    from connector.translog.events import agreement_finalized
+    from contracts.agreements import AgreementRecord, store_agreement
+    from contracts.signing import agreement_key_id, sign_agreement
+    from identity.keys import generate_private_key
+
+    agreement = {
+        "@id": f"urn:uuid:{uuid.uuid4()}",
+        "@type": "Agreement",
+        "target": f"dataset-{n}",
+        "assigner": provider.did,
+        "assignee": consumer_did,
+        "timestamp": "2026-11-21T10:00:00Z",
+        "permission": [{"action": "use"}],
+    }
+    consumer_signer = generate_private_key() if forge else consumer_key
+    record = AgreementRecord(
+        id=agreement["@id"],
+        negotiation_id=str(uuid.uuid4()),
+        provider_did=provider.did,
+        consumer_did=consumer_did,
+        asset_id=agreement["target"],
+        agreement=agreement,
+        signed_at=0,
+        provider_signature=sign_agreement(agreement, provider.core.key, agreement_key_id(provider.did)),
+        consumer_signature=sign_agreement(agreement, consumer_signer, agreement_key_id(consumer_did)),
+    )
+    with Session(provider.core.engine) as session:
+        store_agreement(session, record)
+        agreement_finalized(session, record, "provider")
+        session.commit()
+    return str(agreement["@id"])
+
+
+def rezip(source: Any, target: Any, change: Any) -> None:
+    """Copy a bundle, letting ``change(name, data) -> bytes | None`` rewrite (or drop) each member."""
+    import zipfile
+
+    with zipfile.ZipFile(source) as zin, zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as zout:
+        for info in zin.infolist():
+            data = change(info.filename, zin.read(info.filename))
+            if data is not None:
+                zout.writestr(info.filename, data)

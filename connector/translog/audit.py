@@ -54,6 +54,7 @@ LIMITS = {  # bytes, uncompressed
     "keys.json": 16 * 1024 * 1024,
 }
 MAX_ENTRY_LINE = 64 * 1024 + 1
+MAX_BUNDLE_ENTRIES = 10_000_000  # ~1 GB of leaf hashes held while checking
 MAX_NAMED_FAILURES = 50
 
 
@@ -238,15 +239,33 @@ def _check_consistency(checkpoints: list[Checkpoint], proofs: Any, report: Repor
             )
 
 
+def _is_canonical(entry: Any, line: bytes, has_fractions: bool) -> bool:
+    """Is ``line`` the RFC 8785 form of ``entry``?
+
+    For ASCII text without fractions, RFC 8785 and the standard library's sorted, compact JSON
+    write the same bytes (same escapes, same key order), and the C encoder is much faster; any
+    other line is checked with the full canonicaliser.
+    """
+    if line.isascii() and not has_fractions:
+        return json.dumps(entry, sort_keys=True, separators=(",", ":")).encode() == line
+    return bool(rfc8785.dumps(entry) == line)
+
+
 def _entry_problem(line: bytes) -> tuple[dict[str, Any] | None, str | None]:
+    fractions: list[str] = []
+
+    def note_fraction(text: str) -> float:
+        fractions.append(text)
+        return float(text)
+
     try:
-        entry = json.loads(line)
+        entry = json.loads(line, parse_float=note_fraction)
     except (ValueError, RecursionError):
         return None, "not JSON"
     if not isinstance(entry, dict):
         return None, "not a JSON object"
     try:
-        if rfc8785.dumps(entry) != line:
+        if not _is_canonical(entry, line, bool(fractions)):
             return entry, "not in canonical form (RFC 8785)"
     except (rfc8785.CanonicalizationError, ValueError, TypeError) as exc:
         return entry, f"cannot be canonicalised: {exc}"
@@ -316,6 +335,8 @@ def _verify(zf: zipfile.ZipFile, min_cosignatures: int) -> Report:
     )
     if not report.start <= report.end <= report.tree_size:
         raise BundleError("manifest.json: the entry range does not fit the tree size")
+    if report.end - report.start > MAX_BUNDLE_ENTRIES:
+        raise BundleError(f"the bundle claims more than {MAX_BUNDLE_ENTRIES} entries; export smaller ranges")
     log_key, witnesses, jwks = _verifiers(_json(zf, "keys.json"), origin)
     checkpoints = _check_checkpoints(
         _json(zf, "checkpoints.json"), origin, log_key, witnesses, report, min_cosignatures
@@ -354,6 +375,9 @@ def _check_entries(
             if not line:
                 break
             index = report.start + len(leaves)
+            if len(leaves) > expected:
+                report.fail(f"entries.jsonl holds more than the {expected} entries the manifest names")
+                break
             if not line.endswith(b"\n"):
                 if len(line) >= MAX_ENTRY_LINE:
                     raise BundleError(f"entry {index} is longer than {MAX_ENTRY_LINE - 1} bytes")

@@ -47,6 +47,7 @@ from connector.translog.checkpoint import (
     with_cosignatures,
 )
 from connector.translog.entries import AGREEMENT_FINALIZED, utc_time
+from connector.translog.times import MAX_TIME_MS
 from contracts.models import AgreementRow
 from identity.did import build_did_document
 from identity.keys import public_jwk
@@ -116,6 +117,7 @@ def write_bundle(
     services: list[dict[str, Any]] | None = None,
 ) -> BundleSummary:
     """Write the bundle of the entries logged between the two times (epoch ms, inclusive) to ``out``."""
+    from_ms, to_ms = max(0, min(from_ms, MAX_TIME_MS)), max(0, min(to_ms, MAX_TIME_MS))
     newest = sign_checkpoint(engine, origin, key)
     size = newest.checkpoint.size
     with engine.connect() as conn, zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as zf:

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, func, insert, select, tuple_, update
+from sqlalchemy import Connection, func, insert, select
 from sqlmodel import Session
 
 from connector.translog import merkle
@@ -60,18 +60,29 @@ def _split_frontier(blob: bytes) -> list[bytes]:
     return [blob[i : i + merkle.HASH_SIZE] for i in range(0, len(blob), merkle.HASH_SIZE)]
 
 
-def _lock_head(conn: Connection, grow_by: int) -> tuple[int, list[bytes]]:
+# The append's SQL, written with qmark placeholders (rewritten to %s for PostgreSQL's driver).
+_APPEND_SQL = {
+    "lock": "UPDATE transfer_log_head SET size = size + ? WHERE id = 1 RETURNING size, frontier",
+    "leaf": "INSERT INTO transfer_log_leaf (idx, leaf_hash, entry, kind, created_at) VALUES (?, ?, ?, ?, ?)",
+    "node": "INSERT INTO transfer_log_node (level, idx, hash) VALUES (?, ?, ?)",
+    "frontier": "UPDATE transfer_log_head SET frontier = ? WHERE id = 1",
+}
+_PERCENT_SQL = {name: statement.replace("?", "%s") for name, statement in _APPEND_SQL.items()}
+
+
+def _statements(conn: Connection) -> dict[str, str]:
+    """The append's SQL in the driver's own placeholder style: no SQLAlchemy compilation on the hot path."""
+    return _APPEND_SQL if conn.dialect.paramstyle == "qmark" else _PERCENT_SQL
+
+
+def _lock_head(conn: Connection, cursor: Any, sql: dict[str, str], grow_by: int) -> tuple[int, list[bytes]]:
     """Reserve ``grow_by`` indexes: (size before, frontier before), the head locked until commit."""
-    row = conn.execute(
-        update(HEAD)
-        .where(HEAD.c.id == HEAD_ID)
-        .values(size=HEAD.c.size + grow_by)
-        .returning(HEAD.c.size, HEAD.c.frontier)
-    ).first()
+    cursor.execute(sql["lock"], (grow_by,))
+    row = cursor.fetchone()
     if row is None:  # a database made before the head row existed: create it (empty log)
         conn.execute(insert(HEAD).values(id=HEAD_ID, size=grow_by, frontier=b""))
         return 0, []
-    return int(row.size) - grow_by, _split_frontier(bytes(row.frontier))
+    return int(row[0]) - grow_by, _split_frontier(bytes(row[1]))
 
 
 def append_entries(
@@ -86,24 +97,35 @@ def append_entries(
     now = int(time.time() * 1000)
     canonical = [canonical_entry(kind, fields, now) for kind, fields in items]
     conn = _connection(target)
-    size, frontier = _lock_head(conn, len(items))
-    leaves: list[dict[str, Any]] = []
-    nodes: list[dict[str, Any]] = []
-    receipts: list[LeafReceipt] = []
-    for offset, ((kind, _), data) in enumerate(zip(items, canonical, strict=True)):
-        index = size + offset
-        hashed = merkle.leaf_hash(data)
-        frontier, completed = merkle.frontier_after(frontier, index, hashed)
-        leaves.append(
-            {"idx": index, "leaf_hash": hashed, "entry": data.decode(), "kind": kind, "created_at": now}
-        )
-        nodes.extend({"level": lv, "idx": ix, "hash": h} for (lv, ix), h in completed)
-        receipts.append(LeafReceipt(index, hashed, kind, now))
-    conn.execute(insert(LEAF), leaves)
-    if nodes:
-        conn.execute(insert(NODE), nodes)
-    conn.execute(update(HEAD).where(HEAD.c.id == HEAD_ID).values(frontier=b"".join(frontier)))
+    sql = _statements(conn)
+    # The driver's cursor on the caller's connection (and so in its transaction): SQLAlchemy's
+    # per-statement bookkeeping cost more than the statements themselves.
+    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        size, frontier = _lock_head(conn, cursor, sql, len(items))
+        leaves: list[tuple[Any, ...]] = []
+        nodes: list[tuple[int, int, bytes]] = []
+        receipts: list[LeafReceipt] = []
+        for offset, ((kind, _), data) in enumerate(zip(items, canonical, strict=True)):
+            index = size + offset
+            hashed = merkle.leaf_hash(data)
+            frontier, completed = merkle.frontier_after(frontier, index, hashed)
+            leaves.append((index, hashed, data.decode(), kind, now))
+            nodes.extend((lv, ix, h) for (lv, ix), h in completed)
+            receipts.append(LeafReceipt(index, hashed, kind, now))
+        _write(cursor, sql["leaf"], leaves)
+        _write(cursor, sql["node"], nodes)
+        cursor.execute(sql["frontier"], (b"".join(frontier),))
+    finally:
+        cursor.close()
     return receipts
+
+
+def _write(cursor: Any, statement: str, rows: list[tuple[Any, ...]]) -> None:
+    if len(rows) == 1:
+        cursor.execute(statement, rows[0])
+    elif rows:
+        cursor.executemany(statement, rows)
 
 
 def append_entry(target: Session | Connection, kind: str, fields: Mapping[str, Any]) -> LeafReceipt:
@@ -121,20 +143,26 @@ class DatabaseNodes:
         self.conn = conn
 
     def node_hashes(self, coords: Iterable[merkle.Coord]) -> dict[merkle.Coord, bytes]:
+        """Two primary-key queries (leaves, inner nodes) for the ~2 log2(n) subtrees a proof needs."""
         wanted = set(coords)
-        found: dict[merkle.Coord, bytes] = {}
+        mark = "?" if self.conn.dialect.paramstyle == "qmark" else "%s"
         leaves = [ix for lv, ix in wanted if lv == 0]
         inner = [(lv, ix) for lv, ix in wanted if lv > 0]
+        found: dict[merkle.Coord, bytes] = {}
         if leaves:
-            rows = self.conn.execute(select(LEAF.c.idx, LEAF.c.leaf_hash).where(LEAF.c.idx.in_(leaves)))
-            found.update({(0, int(r.idx)): bytes(r.leaf_hash) for r in rows})
-        if inner:
-            rows = self.conn.execute(
-                select(NODE.c.level, NODE.c.idx, NODE.c.hash).where(
-                    tuple_(NODE.c.level, NODE.c.idx).in_(inner)
-                )
+            marks = ", ".join([mark] * len(leaves))
+            rows = self.conn.exec_driver_sql(
+                f"SELECT idx, leaf_hash FROM transfer_log_leaf WHERE idx IN ({marks})",  # noqa: S608 - placeholders only
+                tuple(leaves),
             )
-            found.update({(int(r.level), int(r.idx)): bytes(r.hash) for r in rows})
+            found.update({(0, int(r[0])): bytes(r[1]) for r in rows})
+        if inner:
+            terms = " OR ".join([f"(level = {mark} AND idx = {mark})"] * len(inner))
+            rows = self.conn.exec_driver_sql(
+                f"SELECT level, idx, hash FROM transfer_log_node WHERE {terms}",  # noqa: S608 - placeholders only
+                tuple(value for pair in inner for value in pair),
+            )
+            found.update({(int(r[0]), int(r[1])): bytes(r[2]) for r in rows})
         return found
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
 
+MAX_TIME_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
+
 
 class TimeError(ValueError):
     pass
@@ -13,6 +15,8 @@ def parse_time(text: str, *, end_of_day: bool = False) -> int:
     """Epoch ms of ``text``; a bare date means its start (or, with ``end_of_day``, its last millisecond)."""
     value = text.strip()
     if value.isdigit() and len(value) <= 15:
+        if int(value) > MAX_TIME_MS:
+            raise TimeError(f"{value} ms is after the year 9999")
         return int(value)
     try:
         if len(value) == 10:
