@@ -160,6 +160,15 @@ def append_at(node: Node, items: list[tuple[str, dict[str, Any]]], epoch_seconds
         engine.dispose()
 
 
+def _witness(witness: Node, member: Node) -> None:
+    """A witnessing round by ``witness`` now: it checks and cosigns ``member``'s newest checkpoint."""
+    with witness.api() as api:
+        response = api.post("/management/v3/transferlog/witness")
+    assert response.status_code == 200, response.text
+    results = {r["member"]: r for r in response.json()}
+    assert results[member.did]["status"] in ("cosigned", "unchanged"), results
+
+
 @contextmanager
 def audited_pair(root: Path) -> Iterator[AuditedPair]:
     city, transit = connector_pair(root, run_cli)
@@ -196,6 +205,7 @@ def audited_pair(root: Path) -> Iterator[AuditedPair]:
         items = transfer(3, agreement_id, "card-trips", transit.did, size=5_000, personal=True)
         items += transfer(4, agreement_id, "card-trips", transit.did, size=7_000, personal=True)
         append_at(city, items, time.time())
+        _witness(transit, city)
         yield AuditedPair(city, transit, agreement_id)
 
 

@@ -10,6 +10,7 @@ state is saved as a screenshot in ``test-artifacts/pages/``.
 
 from __future__ import annotations
 
+import base64
 import re
 import subprocess
 import sys
@@ -58,6 +59,14 @@ def pair(browser: Browser, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         yield made
 
 
+@pytest.fixture(scope="module")
+def session(pair: AuditedPair) -> str:
+    """One auditor session for the tests that are not about signing in (sign-in is rate-limited)."""
+    with auditor_client(pair.city.base_url) as client:
+        token: str = client.cookies[AUDITOR_COOKIE]
+    return token
+
+
 @pytest.fixture
 def context(browser: Browser) -> Iterator[BrowserContext]:
     made = browser.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=True)
@@ -87,6 +96,14 @@ def sign_in(page: Page, pair: AuditedPair, password: str = AUDITOR_PASSWORD, nam
     page.get_by_label("Auditor name").fill(name)
     page.get_by_label("Password").fill(password)
     page.get_by_role("button", name="Sign in").click()
+
+
+def open_audit(page: Page, pair: AuditedPair, session: str) -> None:
+    """The timeline, in a browser holding the auditor's session cookie."""
+    page.context.add_cookies(
+        [{"name": AUDITOR_COOKIE, "value": session, "url": f"{pair.city.base_url}/ui/audit"}]
+    )
+    page.goto(f"{pair.city.base_url}/ui/audit")
 
 
 def checked(page: Page) -> Page:
@@ -153,10 +170,13 @@ def test_sign_in_needs_an_auditor_password_not_the_api_key(pair: AuditedPair, pa
 
 
 @pytest.mark.slow
-def test_every_entry_is_verified_in_the_page(pair: AuditedPair, page: Page) -> None:
-    sign_in(page, pair)
+def test_every_entry_is_verified_in_the_page(pair: AuditedPair, session: str, page: Page) -> None:
+    open_audit(page, pair, session)
     checked(page)
     expect(page.locator("#checkpoint-signature")).to_have_text("verified: signed by this connector's key")
+    # transit witnessed city's log: its cosignature is checked with the key city pins for transit.
+    cosignature = page.locator(f"[data-witness='{pair.transit.did}'] [data-cosignature-status]")
+    expect(cosignature).to_have_text(re.compile(r"^verified: cosigned 20\d\d-\d\d-\d\dT"))
     statuses = all_statuses(page)
     assert len(statuses) == ENTRIES, statuses
     assert set(statuses.values()) == {"verified"}, statuses
@@ -175,8 +195,8 @@ def test_every_entry_is_verified_in_the_page(pair: AuditedPair, page: Page) -> N
 
 
 @pytest.mark.slow
-def test_the_chart_counts_transfers_and_bytes_per_day(pair: AuditedPair, page: Page) -> None:
-    sign_in(page, pair)
+def test_the_chart_counts_transfers_and_bytes_per_day(pair: AuditedPair, session: str, page: Page) -> None:
+    open_audit(page, pair, session)
     checked(page)
     today = datetime.now(UTC).date()
     transfers = page.locator("svg#chart-transfers")
@@ -195,8 +215,8 @@ def test_the_chart_counts_transfers_and_bytes_per_day(pair: AuditedPair, page: P
 
 
 @pytest.mark.slow
-def test_filters_narrow_the_timeline(pair: AuditedPair, page: Page) -> None:
-    sign_in(page, pair)
+def test_filters_narrow_the_timeline(pair: AuditedPair, session: str, page: Page) -> None:
+    open_audit(page, pair, session)
     checked(page)
     page.get_by_label("Personal data only").check()
     page.get_by_role("button", name="Apply filters").click()
@@ -241,8 +261,8 @@ def test_filters_narrow_the_timeline(pair: AuditedPair, page: Page) -> None:
 
 
 @pytest.mark.slow
-def test_the_agreement_shows_both_signatures_verified(pair: AuditedPair, page: Page) -> None:
-    sign_in(page, pair)
+def test_the_agreement_shows_both_signatures_verified(pair: AuditedPair, session: str, page: Page) -> None:
+    open_audit(page, pair, session)
     page.goto(f"{pair.city.base_url}/ui/audit?kind=agreements")
     checked(page)
     page.get_by_role("link", name=re.compile("View the agreement and both signatures")).click()
@@ -274,7 +294,7 @@ def test_the_agreement_shows_both_signatures_verified(pair: AuditedPair, page: P
 
 
 @pytest.mark.slow
-def test_an_altered_entry_shows_failed(pair: AuditedPair, page: Page) -> None:
+def test_an_altered_entry_shows_failed(pair: AuditedPair, session: str, page: Page) -> None:
     index = leaf_index(pair, '"bytes":30000')
     (original,) = pair.sql("SELECT entry FROM transfer_log_leaf WHERE idx = ?", index)[0]
     pair.sql(
@@ -283,7 +303,7 @@ def test_an_altered_entry_shows_failed(pair: AuditedPair, page: Page) -> None:
         index,
     )
     try:
-        sign_in(page, pair)
+        open_audit(page, pair, session)
         checked(page)
         statuses = all_statuses(page)
         assert statuses[index] == "FAILED: the proof leads to a different root than the checkpoint's", (
@@ -301,12 +321,12 @@ def test_an_altered_entry_shows_failed(pair: AuditedPair, page: Page) -> None:
 
 
 @pytest.mark.slow
-def test_a_wrong_proof_shows_failed(pair: AuditedPair, page: Page) -> None:
+def test_a_wrong_proof_shows_failed(pair: AuditedPair, session: str, page: Page) -> None:
     # The hash of entries 2 and 3 together: it is in the audit path of entries 0 and 1 only.
     (original,) = pair.sql("SELECT hash FROM transfer_log_node WHERE level = 1 AND idx = 1")[0]
     pair.sql("UPDATE transfer_log_node SET hash = ? WHERE level = 1 AND idx = 1", b"\x00" * 32)
     try:
-        sign_in(page, pair)
+        open_audit(page, pair, session)
         checked(page)
         statuses = all_statuses(page)
         assert {i for i, s in statuses.items() if s.startswith("FAILED")} == {0, 1}, statuses
@@ -317,35 +337,54 @@ def test_a_wrong_proof_shows_failed(pair: AuditedPair, page: Page) -> None:
 
 
 @pytest.mark.slow
-def test_a_forged_checkpoint_fails_every_entry(pair: AuditedPair, page: Page) -> None:
+def test_a_forged_checkpoint_fails_every_entry(pair: AuditedPair, session: str, page: Page) -> None:
     size, note = pair.sql("SELECT size, note FROM transfer_log_checkpoint ORDER BY size DESC LIMIT 1")[0]
     text, _, signatures = note.partition("\n\n")
     line = signatures.splitlines()[0]
     name, encoded = line[2:].split(" ")
     forged_signature = encoded[:12] + ("A" if encoded[12] != "A" else "B") + encoded[13:]
+    (cosignature,) = pair.sql(
+        "SELECT signature_line FROM transfer_log_cosignature WHERE checkpoint_size = ?", size
+    )[0]
+    cosigner, cosigned = cosignature.rstrip("\n")[2:].split(" ")
+    raw = bytearray(base64.b64decode(cosigned))
+    raw[-1] ^= 1
+    pair.sql(
+        "UPDATE transfer_log_cosignature SET signature_line = ? WHERE checkpoint_size = ?",
+        f"— {cosigner} {base64.b64encode(bytes(raw)).decode()}\n",
+        size,
+    )
     pair.sql(
         "UPDATE transfer_log_checkpoint SET note = ? WHERE size = ?",
         f"{text}\n\n— {name} {forged_signature}\n",
         size,
     )
     try:
-        sign_in(page, pair)
+        open_audit(page, pair, session)
         checked(page)
         expect(page.locator("#checkpoint-signature")).to_have_text(
             "FAILED: the checkpoint's signature does not verify"
         )
         assert set(all_statuses(page).values()) == {"FAILED: the checkpoint itself did not verify"}
+        expect(page.locator("[data-cosignature-status]")).to_have_text(
+            "FAILED: the cosignature does not verify"
+        )
         screenshot(page, "audit-forged-checkpoint")
     finally:
         pair.sql("UPDATE transfer_log_checkpoint SET note = ? WHERE size = ?", note, size)
+        pair.sql(
+            "UPDATE transfer_log_cosignature SET signature_line = ? WHERE checkpoint_size = ?",
+            cosignature,
+            size,
+        )
 
 
 # ---------------------------------------------------------------- export
 
 
 @pytest.mark.slow
-def test_the_exported_bundle_verifies_offline(pair: AuditedPair, page: Page) -> None:
-    sign_in(page, pair)
+def test_the_exported_bundle_verifies_offline(pair: AuditedPair, session: str, page: Page) -> None:
+    open_audit(page, pair, session)
     checked(page)
     today = datetime.now(UTC).date()
     page.get_by_label("From (UTC day)").last.fill((today - timedelta(days=1)).isoformat())
@@ -371,7 +410,7 @@ def test_the_exported_bundle_verifies_offline(pair: AuditedPair, page: Page) -> 
     assert verified.returncode == 0, verified.stdout + verified.stderr
     assert "VERIFIED" in verified.stdout
 
-    with auditor_client(pair.city.base_url) as client:
+    with httpx.Client(base_url=pair.city.base_url, cookies={AUDITOR_COOKIE: session}, timeout=30) as client:
         bad = client.get("/ui/audit/export", params={"from": "2026-11-30", "to": "2026-11-01"})
         assert bad.status_code == 400
         assert "The first day is after the last day" in bad.text
@@ -508,3 +547,31 @@ def test_removing_an_auditor_ends_its_session(pair: AuditedPair) -> None:
         removed = tessera("auditor", "remove", "carol", "--dir", city_dir)
         assert removed.code == 0, removed.stderr
         assert client.get("/ui/audit").status_code == 303
+
+
+@pytest.mark.slow
+def test_sign_in_attempts_are_rate_limited(pair: AuditedPair) -> None:
+    # Last in this module: it uses up this address's sign-in attempts for a minute.
+    with httpx.Client(base_url=pair.city.base_url, follow_redirects=False, timeout=30) as client:
+        form = client.get("/ui/audit/login").text
+        csrf = re.search(r'name="csrf_token" value="([^"]+)"', form)
+        assert csrf
+
+        def attempt(password: str) -> httpx.Response:
+            return client.post(
+                "/ui/audit/login",
+                data={
+                    "csrf_token": csrf.group(1),
+                    "name": AUDITOR,
+                    "password": password,
+                    "next": "/ui/audit",
+                },
+            )
+
+        answers = [attempt(f"guess-number-{n:04}") for n in range(12)]
+        codes = [a.status_code for a in answers]
+        assert codes[-1] == 429, codes
+        assert set(codes) == {401, 429}, codes
+        assert int(answers[-1].headers["retry-after"]) > 0
+        assert "Too many sign-in attempts" in answers[-1].text
+        assert attempt(AUDITOR_PASSWORD).status_code == 429  # even the right password waits

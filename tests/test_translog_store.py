@@ -131,9 +131,22 @@ def test_entries_are_written_in_rfc8785_form() -> None:
 
     from connector.translog.entries import canonical_entry
 
-    tricky = ["plain", "é ü ß", "tab\tnew\nline", "quote \" back \\ slash", "\u2028\u2029", "😀 astral", "\x7f del", "<>&'"]
+    tricky = [
+        "plain",
+        "é ü ß",
+        "tab\tnew\nline",
+        'quote " back \\ slash',
+        "\u2028\u2029",
+        "😀 astral",
+        "\x7f del",
+        "<>&'",
+    ]
     for reason in tricky:
-        fields = {**refusal(0), "reason": reason, "dataset": "d-" + reason.replace("\t", " ").replace("\n", " ")}
+        fields = {
+            **refusal(0),
+            "reason": reason,
+            "dataset": "d-" + reason.replace("\t", " ").replace("\n", " "),
+        }
         data = canonical_entry(REFUSAL, fields, 1_795_255_200_123)
         assert data == rfc8785.dumps(json.loads(data))
     with pytest.raises(EntryError, match="lone surrogate"):

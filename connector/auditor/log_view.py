@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, select
+from sqlmodel import Session
 
 from connector.auditor.chart import human_bytes
 from connector.pages.render import path_segment
@@ -27,6 +28,9 @@ from connector.translog.checkpoint import (
 )
 from connector.translog.models import LogLeafRow
 from connector.translog.note import ED25519, parse_note, raw_public_key, verifier_key_string
+from identity.errors import KeyFileError
+from identity.keys import public_key_from_jwk
+from identity.trustlist import get_member
 from runtime.service import ServiceCore
 
 LEAF = LogLeafRow.__table__  # type: ignore[attr-defined]
@@ -49,6 +53,24 @@ SIGNATURE_FIELDS = {
 
 
 @dataclass(frozen=True)
+class Witness:
+    """A cosignature on the checkpoint, and the key this connector pins for its signer (if any)."""
+
+    name: str
+    public_key_base64: str | None  # raw Ed25519 key from the trust list; None for an unknown witness
+
+
+def _pinned_key(session: Session, did: str) -> str | None:
+    member = get_member(session, did)
+    if member is None:
+        return None
+    try:
+        return base64.b64encode(raw_public_key(public_key_from_jwk(member.public_jwk))).decode()
+    except KeyFileError:
+        return None
+
+
+@dataclass(frozen=True)
 class CheckpointView:
     origin: str
     size: int
@@ -57,7 +79,7 @@ class CheckpointView:
     signed_at: int
     public_key_base64: str  # this connector's raw Ed25519 key: what the page checks the signature with
     verifier_key: str  # the same key as a note verifier key, for comparing with one obtained elsewhere
-    cosigners: list[str]
+    witnesses: list[Witness]
     problem: str | None  # why the newest entries are not in a signed checkpoint
 
 
@@ -80,7 +102,12 @@ def checkpoint_view(core: ServiceCore, signed: SignedCheckpoint, problem: str | 
         note = with_cosignatures(conn, signed)
     public_key = core.key.public_key()
     origin = signed.checkpoint.origin
-    cosigners = [s.name for s in parse_note(note).signatures if s.name != origin]
+    with Session(core.engine) as session:
+        witnesses = [
+            Witness(s.name, _pinned_key(session, s.name))
+            for s in parse_note(note).signatures
+            if s.name != origin
+        ]
     return CheckpointView(
         origin=origin,
         size=signed.checkpoint.size,
@@ -89,7 +116,7 @@ def checkpoint_view(core: ServiceCore, signed: SignedCheckpoint, problem: str | 
         signed_at=signed.signed_at,
         public_key_base64=base64.b64encode(raw_public_key(public_key)).decode(),
         verifier_key=verifier_key_string(origin, ED25519, public_key),
-        cosigners=cosigners,
+        witnesses=witnesses,
         problem=problem,
     )
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import re
-import tempfile
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from functools import cache
@@ -58,12 +57,11 @@ from connector.pages.auth import (
 )
 from connector.pages.ratelimit import SlidingWindowLimiter
 from connector.pages.render import PAGE_HEADERS, page, path_segment
-from connector.translog.bundle import write_bundle
 from connector.translog.checkpoint import CheckpointError
+from connector.translog.management import export_bundle_file
 from contracts.agreements import get_agreement
 from contracts.evidence import EvidenceError
 from contracts.models import NegotiationRow
-from identity.did import dsp_services
 from runtime.dependencies import db_session, service_core
 
 SIGN_IN_ATTEMPTS = 10
@@ -75,7 +73,6 @@ AUDIT_CSP = (
 )
 AUDIT_HEADERS = {**PAGE_HEADERS, "Content-Security-Policy": AUDIT_CSP}
 BUNDLE_MEDIA_TYPE = "application/zip"
-SPOOL_BYTES = 8 * 1024 * 1024
 CHUNK = 64 * 1024
 _DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
@@ -156,7 +153,6 @@ def _utc_today() -> datetime:
 
 def _bundle_chunks(spool: IO[bytes]) -> Iterator[bytes]:
     try:
-        spool.seek(0)
         while chunk := spool.read(CHUNK):
             yield chunk
     finally:
@@ -349,21 +345,11 @@ def audit_router() -> APIRouter:
             return message_page(
                 request, auditor, 400, "Check the dates", "The first day is after the last day."
             )
-        core = service_core(request)
-        settings = core.settings
-        spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES)  # noqa: SIM115 (closed by the stream)
         try:
-            write_bundle(
-                core.engine,
-                settings.did,
-                core.key,
-                day_start_ms(start),
-                day_start_ms(end + timedelta(days=1)) - 1,
-                spool,
-                services=dsp_services(settings.did, settings.public_url, settings.dsp_url),
+            spool = export_bundle_file(
+                service_core(request), day_start_ms(start), day_start_ms(end + timedelta(days=1)) - 1
             )
         except CheckpointError as exc:
-            spool.close()
             return message_page(request, auditor, 409, "No bundle", f"The log cannot be exported: {exc}")
         filename = f"transfer-log-{start.isoformat()}-to-{end.isoformat()}.zip"
         return StreamingResponse(

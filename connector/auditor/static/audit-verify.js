@@ -106,6 +106,39 @@ async function checkCheckpointSignature(parsed, publicKey) {
     : { ok: false, text: "FAILED: the checkpoint's signature does not verify" };
 }
 
+// tlog-cosignature/v1: key ID over (name, 0x04, key); the signature covers "cosignature/v1\ntime T\n" + text.
+async function checkCosignature(parsed, name, publicKey) {
+  const keyId = (await sha256(concat(encoder.encode(name + "\n"), new Uint8Array([4]), publicKey))).slice(0, 4);
+  const line = parsed.signatures.find((s) => s.name === name && equal(s.keyId, keyId));
+  if (!line) return { ok: false, text: "FAILED: no cosignature by the key this connector pins for it" };
+  if (line.signature.length !== 72) return { ok: false, text: "FAILED: the cosignature is not 72 bytes" };
+  let time = 0n;
+  for (const byte of line.signature.slice(0, 8)) time = (time << 8n) | BigInt(byte);
+  let key;
+  try {
+    key = await crypto.subtle.importKey("raw", publicKey, { name: "Ed25519" }, false, ["verify"]);
+  } catch (error) {
+    return { ok: null, text: "not checked: this browser's WebCrypto has no Ed25519" };
+  }
+  const message = encoder.encode(`cosignature/v1\ntime ${time}\n` + parsed.text);
+  const valid = await crypto.subtle.verify({ name: "Ed25519" }, key, line.signature.slice(8), message);
+  const when = new Date(Number(time) * 1000).toISOString().replace(".000Z", "Z");
+  return valid ? { ok: true, text: `verified: cosigned ${when}` } : { ok: false, text: "FAILED: the cosignature does not verify" };
+}
+
+async function checkWitnesses(parsed) {
+  for (const item of document.querySelectorAll("[data-witness]")) {
+    const status = item.querySelector("[data-cosignature-status]");
+    if (!item.dataset.publicKey) continue;
+    if (!parsed) {
+      show(status, "failed", "FAILED: the checkpoint could not be read");
+      continue;
+    }
+    const result = await checkCosignature(parsed, item.dataset.witness, fromBase64(item.dataset.publicKey));
+    show(status, result.ok === true ? "verified" : result.ok === null ? "unchecked" : "failed", result.text);
+  }
+}
+
 async function checkEntry(item, checkpoint) {
   const text = item.querySelector("[data-entry]").textContent;
   let parsed;
@@ -148,6 +181,7 @@ async function verifyPage() {
     signature = { ok: false, text: "FAILED: " + error.message };
   }
   show(signatureStatus, signature.ok === true ? "verified" : signature.ok === null ? "unchecked" : "failed", signature.text);
+  await checkWitnesses(checkpoint);
   let verified = 0;
   let failed = 0;
   for (const item of items) {
