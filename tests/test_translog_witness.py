@@ -17,7 +17,13 @@ from identity.keys import generate_private_key, public_jwk
 from identity.trustlist import Member
 from tests.conftest import Participant
 from tests.federated_helpers import InProcessDataspace, api_key, trust_each_other
-from tests.translog_helpers import append_refusals, forget_checkpoints, rewrite_history, truncate_log
+from tests.translog_helpers import (
+    append_refusals,
+    forget_checkpoints,
+    rewrite_history,
+    signed_in_client,
+    truncate_log,
+)
 
 
 def _round(witness: Witness, member: Participant) -> WitnessResult:
@@ -95,6 +101,11 @@ def test_a_witness_cosigns_growth_and_alerts_on_fork_rewrite_and_shrink(
         ("witness.alert", "rewrite", city.did),
         ("witness.alert", "shrink", city.did),
     ]
+    # The operator page lists the alerts.
+    html = signed_in_client(transit, api_key(transit)).get("/ui/transfer-log")
+    assert html.status_code == 200
+    assert "3 member log(s) were seen to fork, shrink or rewrite their history" in html.text
+    assert "the log shrank from 7 to 5 entries" in html.text
     # The witness still holds the last good checkpoint (size 7), so the alert stays until someone acts.
     witnessed = client.get(
         "/management/v3/transferlog/witnessed", headers={"X-Api-Key": api_key(transit)}

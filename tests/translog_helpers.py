@@ -210,3 +210,20 @@ def rezip(source: Any, target: Any, change: Any) -> None:
             data = change(info.filename, zin.read(info.filename))
             if data is not None:
                 zout.writestr(info.filename, data)
+
+
+def signed_in_client(participant: Any, api_key: str) -> Any:
+    """A TestClient signed in to the operator pages with the Management API key (the sign-in form)."""
+    import re
+
+    client = participant.client()
+    form = client.get("/ui/login")
+    token = re.search(r'name="csrf_token" value="([^"]+)"', form.text)
+    assert token is not None
+    answer = client.post(
+        "/ui/login",
+        data={"csrf_token": token.group(1), "next": "/ui", "api_key": api_key},
+        follow_redirects=False,
+    )
+    assert answer.status_code == 303, answer.text
+    return client

@@ -44,6 +44,7 @@ from connector.pages.marketplace_view import (
 from connector.pages.negotiation_routes import negotiation_pages_router
 from connector.pages.ratelimit import SlidingWindowLimiter
 from connector.pages.render import not_found_page, page, refused_page, stylesheet
+from connector.pages.transfer_log_view import transfer_log_page_router
 from runtime.dependencies import db_session, service_core
 
 SIGN_IN_ATTEMPTS = 10
@@ -230,4 +231,5 @@ def pages_router() -> APIRouter:
         )
 
     router.include_router(negotiation_pages_router())
+    router.include_router(transfer_log_page_router())
     return router

@@ -6,7 +6,8 @@ origin = the member's DID), and compares it with the newest checkpoint it saw be
 per member): a larger tree must come with a consistency proof from the old one
 (``/log/proof/consistency``) that verifies. Then it cosigns the checkpoint
 (tlog-cosignature/v1, key name = our DID) and posts the cosignature back
-(``/log/cosignatures``). A smaller tree (shrink), another root at the same size (fork), or a
+(``/log/cosignatures``). The first checkpoint seen of a member is taken as it is (trust on
+first use); from then on every one must extend it. A smaller tree (shrink), another root at the same size (fork), or a
 proof that fails (rewrite) raises an alert: a warning in our logs, a Prometheus counter, a
 ``witness.alert`` entry in our own transfer log and a stored alert row the operator pages
 list. The last good checkpoint is kept, so the alert repeats until someone looks.
@@ -135,8 +136,10 @@ class Witness:
                 return WitnessResult(member.did, "alert", checkpoint.size, f"{kind}: {detail}")
             if old.size == checkpoint.size:
                 return WitnessResult(member.did, "unchanged", checkpoint.size)
-        await asyncio.to_thread(self._remember, member.did, checkpoint, note_text, previous is not None)
+        # Cosignature first: if the member does not take it, nothing is remembered and the next
+        # round checks (and cosigns) from the older checkpoint again.
         await self._give_cosignature(member, base, checkpoint)
+        await asyncio.to_thread(self._remember, member.did, checkpoint, note_text, previous is not None)
         return WitnessResult(member.did, "cosigned", checkpoint.size)
 
     async def _compare(
