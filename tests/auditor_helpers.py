@@ -192,7 +192,7 @@ def audited_pair(root: Path) -> Iterator[AuditedPair]:
             "dataset": "card-trips",
             "by": "us",
             "code": "policy",
-            "reason": "membership 'transport-operator' is required",
+            "reason": "membership 'transport-operator' is required (Verkehrsbetriebe Zürich, São Paulo — 東京)",
             "policyDecision": {"allowed": False, "explanation": "membership is not in {transport-operator}"},
         }
         append_at(city, [(REFUSAL, refusal)], now - DAY_SECONDS)

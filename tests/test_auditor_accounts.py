@@ -15,12 +15,18 @@ from sqlalchemy import Engine
 
 from connector.auditor.accounts import AuditorError, add_auditor, authenticate, get_auditor, remove_auditor
 from connector.auditor.session import AuditorSessions
-from connector.auditor.timeline import TimelineFilter, daily_totals, matching_indexes, refresh_index
+from connector.auditor.timeline import (
+    TimelineFilter,
+    daily_totals,
+    matching_indexes,
+    refresh_index,
+    unindexed,
+)
 from connector.translog.entries import REFUSAL
 from connector.translog.store import append_entries
 from tests.auditor_helpers import tessera, transfer
 from tests.helpers import assert_one_line_error, new_participant
-from tests.translog_helpers import migrated_engine
+from tests.translog_helpers import append_refusals, migrated_engine
 
 PASSWORD = "correct-horse-battery-staple"
 TRANSIT = "did:web:transit.example"
@@ -168,3 +174,20 @@ def test_bad_filters_are_named_and_ignored() -> None:
         first, last, clipped = chart_days(wide, date(2026, 11, 21))
     assert (last - first).days == 365
     assert clipped
+
+
+def test_a_large_log_is_indexed_a_bounded_part_per_page_load(database_url: str) -> None:
+    engine = migrated_engine(database_url)
+    try:
+        append_refusals(engine, 2500, batch=500)
+        assert refresh_index(engine, max_entries=1000) == 1000
+        with engine.connect() as conn:
+            assert unindexed(conn) == 1500
+        assert refresh_index(engine) == 1500
+        with engine.connect() as conn:
+            assert unindexed(conn) == 0
+            newest, more = matching_indexes(conn, TimelineFilter())
+        assert newest == list(range(2499, 2474, -1))
+        assert more
+    finally:
+        engine.dispose()

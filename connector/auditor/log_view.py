@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +19,7 @@ from sqlmodel import Session
 
 from connector.auditor.chart import human_bytes
 from connector.pages.render import path_segment
-from connector.translog import store
+from connector.translog import merkle, store
 from connector.translog.checkpoint import (
     CheckpointError,
     SignedCheckpoint,
@@ -175,12 +176,37 @@ def _facts(entry: dict[str, Any]) -> list[tuple[str, str]]:
     return facts
 
 
+class _Prefetched:
+    """``merkle.NodeReader`` over subtree hashes read beforehand."""
+
+    def __init__(self, found: dict[merkle.Coord, bytes]) -> None:
+        self.found = found
+
+    def node_hashes(self, coords: Iterable[merkle.Coord]) -> dict[merkle.Coord, bytes]:
+        return {c: self.found[c] for c in coords if c in self.found}
+
+
+def inclusion_proofs(conn: Connection, indexes: list[int], size: int) -> dict[int, list[bytes]]:
+    """The inclusion proofs of several entries in the tree of ``size``, their subtrees read in one go."""
+    wanted = {
+        coord
+        for index in indexes
+        for start, end in merkle.inclusion_ranges(index, size)
+        for coord in merkle.subtrees_of(start, end)
+    }
+    reader = _Prefetched(store.DatabaseNodes(conn).node_hashes(wanted))
+    return {index: merkle.inclusion_proof(reader, index, size) for index in indexes}
+
+
 def entry_views(
     conn: Connection, indexes: list[int], facts: dict[int, dict[str, Any]], checkpoint_size: int
 ) -> list[EntryView]:
     """The entries at ``indexes`` (in that order) with their proofs against the checkpoint's tree."""
     rows = (
         {int(r.idx): r for r in conn.execute(select(LEAF).where(LEAF.c.idx.in_(indexes)))} if indexes else {}
+    )
+    proofs = inclusion_proofs(
+        conn, [i for i in indexes if i < checkpoint_size and i in rows], checkpoint_size
     )
     views = []
     for index in indexes:
@@ -193,7 +219,7 @@ def entry_views(
             entry = {}
         entry = entry if isinstance(entry, dict) else {}
         in_checkpoint = index < checkpoint_size
-        proof = store.inclusion_proof(conn, index, checkpoint_size) if in_checkpoint else []
+        proof = proofs.get(index, [])
         agreement_id = entry.get("agreementId")
         views.append(
             EntryView(

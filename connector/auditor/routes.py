@@ -44,6 +44,7 @@ from connector.auditor.timeline import (
     index_facts,
     matching_indexes,
     refresh_index,
+    unindexed,
 )
 from connector.pages.agreements_view import agreement_detail, evidence, evidence_filename
 from connector.pages.auth import (
@@ -256,6 +257,7 @@ def audit_router() -> APIRouter:
             )
             parties, datasets = choices(conn)
             totals = daily_totals(conn, wanted, today)
+            pending = unindexed(conn)
         title = "Transfer log" + (f" (page {wanted.page})" if wanted.page > 1 else "")
         return audit_page(
             request,
@@ -272,6 +274,7 @@ def audit_router() -> APIRouter:
             entries=entries,
             has_more=has_more,
             totals=totals,
+            pending=pending,
             charts=transfer_charts(totals),
             export_from=(wanted.date_from or today - timedelta(days=29)).isoformat(),
             export_to=(wanted.date_to or today).isoformat(),

@@ -28,6 +28,7 @@ ASSET = Asset.__table__  # type: ignore[attr-defined]
 PAGE_SIZE = 25
 MAX_PAGE = 100_000
 INDEX_BATCH = 1000
+MAX_INDEX_PER_REFRESH = 50_000  # a page load indexes at most this many (about a few seconds' work)
 DAY_MS = 86_400_000
 DEFAULT_CHART_DAYS = 30
 MAX_CHART_DAYS = 366
@@ -83,8 +84,8 @@ def _personal_datasets(conn: Connection) -> set[str]:
     return {*local, *logged}
 
 
-def refresh_index(engine: Engine) -> int:
-    """Index the entries appended since the last refresh; how many were indexed.
+def refresh_index(engine: Engine, max_entries: int = MAX_INDEX_PER_REFRESH) -> int:
+    """Index (up to ``max_entries`` of) the entries appended since the last refresh; how many were indexed.
 
     An entry is about personal data when it carries consent counts or names a dataset that
     does (ours marked personal, or one logged with consent counts before or in this batch:
@@ -93,7 +94,7 @@ def refresh_index(engine: Engine) -> int:
     the second copy); the next refresh carries on.
     """
     indexed = 0
-    while True:
+    while indexed < max_entries:
         try:
             with engine.begin() as conn:
                 last = conn.execute(select(func.max(INDEX.c.idx))).scalar()
@@ -129,6 +130,14 @@ def refresh_index(engine: Engine) -> int:
                 indexed += len(values)
         except IntegrityError:
             return indexed
+    return indexed
+
+
+def unindexed(conn: Connection) -> int:
+    """How many logged entries the index does not hold yet (a first visit to a large log)."""
+    last = conn.execute(select(func.max(INDEX.c.idx))).scalar()
+    size = conn.execute(select(func.max(LEAF.c.idx))).scalar()
+    return (-1 if size is None else int(size)) - (-1 if last is None else int(last))
 
 
 # ------------------------------------------------------------------ filters
