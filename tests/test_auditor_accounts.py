@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import sqlite3
 from collections.abc import Mapping, Sequence
 from datetime import UTC, date, datetime, timedelta
@@ -14,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import Engine
 
 from connector.auditor.accounts import AuditorError, add_auditor, authenticate, get_auditor, remove_auditor
+from connector.auditor.log_view import entry_views
 from connector.auditor.session import AuditorSessions
 from connector.auditor.timeline import (
     TimelineFilter,
@@ -22,6 +24,7 @@ from connector.auditor.timeline import (
     refresh_index,
     unindexed,
 )
+from connector.translog import merkle, store
 from connector.translog.entries import REFUSAL
 from connector.translog.store import append_entries
 from tests.auditor_helpers import tessera, transfer
@@ -189,5 +192,24 @@ def test_a_large_log_is_indexed_a_bounded_part_per_page_load(database_url: str) 
             newest, more = matching_indexes(conn, TimelineFilter())
         assert newest == list(range(2499, 2474, -1))
         assert more
+    finally:
+        engine.dispose()
+
+
+def test_the_proofs_a_page_serves_verify(database_url: str) -> None:
+    engine = migrated_engine(database_url)
+    try:
+        append_refusals(engine, 37, batch=5)
+        with engine.connect() as conn:
+            size, root = store.tree_head(conn)
+            wanted = [36, 35, 20, 8, 7, 1, 0]
+            views = entry_views(conn, wanted, {}, size)
+        assert [v.index for v in views] == wanted
+        for view in views:
+            proof = [base64.b64decode(h) for h in view.proof.split(" ")]
+            merkle.verify_inclusion(merkle.leaf_hash(view.text.encode()), view.index, size, proof, root)
+        with engine.connect() as conn:  # entries beyond the checkpoint get no proof
+            (newest,) = entry_views(conn, [36], {}, 30)
+        assert (newest.in_checkpoint, newest.proof) == (False, "")
     finally:
         engine.dispose()

@@ -14,6 +14,7 @@ import base64
 import re
 import subprocess
 import sys
+import time
 import zipfile
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -29,11 +30,13 @@ from starlette.routing import BaseRoute
 from connector.app import create_app
 from connector.auditor.auth import AUDITOR_COOKIE
 from connector.settings import load_connector_settings
+from connector.translog.entries import REFUSAL
 from runtime.service import ServiceCore
 from tests.auditor_helpers import (
     AUDITOR,
     AUDITOR_PASSWORD,
     AuditedPair,
+    append_at,
     audited_pair,
     auditor_client,
     tessera,
@@ -547,6 +550,32 @@ def test_removing_an_auditor_ends_its_session(pair: AuditedPair) -> None:
         removed = tessera("auditor", "remove", "carol", "--dir", city_dir)
         assert removed.code == 0, removed.stderr
         assert client.get("/ui/audit").status_code == 303
+
+
+@pytest.mark.slow
+def test_a_log_that_no_longer_extends_its_checkpoint_is_not_signed(
+    pair: AuditedPair, session: str, page: Page
+) -> None:
+    # The first eight entries' subtree, as a consistency proof from the signed checkpoint reads it.
+    (original,) = pair.sql("SELECT hash FROM transfer_log_node WHERE level = 3 AND idx = 0")[0]
+    pair.sql("UPDATE transfer_log_node SET hash = ? WHERE level = 3 AND idx = 0", b"\x01" * 32)
+    try:
+        refusal = {
+            "subject": "catalog",
+            "counterParty": pair.transit.did,
+            "by": "us",
+            "reason": "rate limited",
+        }
+        append_at(pair.city, [(REFUSAL, refusal)], time.time())
+        open_audit(page, pair, session)
+        checked(page)
+        expect(page.get_by_role("alert")).to_contain_text(
+            "This connector refused to sign a checkpoint of its log"
+        )
+        assert status_of(page, ENTRIES) == "not checked: newer than the signed checkpoint"
+        screenshot(page, "audit-unsigned-growth")
+    finally:
+        pair.sql("UPDATE transfer_log_node SET hash = ? WHERE level = 3 AND idx = 0", original)
 
 
 @pytest.mark.slow

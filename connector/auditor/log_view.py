@@ -81,7 +81,6 @@ class CheckpointView:
     public_key_base64: str  # this connector's raw Ed25519 key: what the page checks the signature with
     verifier_key: str  # the same key as a note verifier key, for comparing with one obtained elsewhere
     witnesses: list[Witness]
-    problem: str | None  # why the newest entries are not in a signed checkpoint
 
 
 def current_checkpoint(core: ServiceCore) -> tuple[SignedCheckpoint | None, str | None]:
@@ -98,7 +97,7 @@ def current_checkpoint(core: ServiceCore) -> tuple[SignedCheckpoint | None, str 
         return latest, f"This connector refused to sign a checkpoint of its log: {exc}"
 
 
-def checkpoint_view(core: ServiceCore, signed: SignedCheckpoint, problem: str | None) -> CheckpointView:
+def checkpoint_view(core: ServiceCore, signed: SignedCheckpoint) -> CheckpointView:
     with core.engine.connect() as conn:
         note = with_cosignatures(conn, signed)
     public_key = core.key.public_key()
@@ -118,7 +117,6 @@ def checkpoint_view(core: ServiceCore, signed: SignedCheckpoint, problem: str | 
         public_key_base64=base64.b64encode(raw_public_key(public_key)).decode(),
         verifier_key=verifier_key_string(origin, ED25519, public_key),
         witnesses=witnesses,
-        problem=problem,
     )
 
 

@@ -245,9 +245,7 @@ def audit_router() -> APIRouter:
         refresh_index(core.engine)
         signed, problem = current_checkpoint(core)
         checkpoint = (
-            checkpoint_view(core, signed, problem)
-            if signed is not None and signed.checkpoint.size > 0
-            else None
+            checkpoint_view(core, signed) if signed is not None and signed.checkpoint.size > 0 else None
         )
         today = _utc_today().date()
         with core.engine.connect() as conn:
@@ -271,6 +269,7 @@ def audit_router() -> APIRouter:
             parties=parties,
             datasets=datasets,
             checkpoint=checkpoint,
+            checkpoint_problem=problem,
             entries=entries,
             has_more=has_more,
             totals=totals,
