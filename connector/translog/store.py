@@ -169,11 +169,13 @@ class DatabaseNodes:
 def tree_head(target: Session | Connection) -> tuple[int, bytes]:
     """(size, root) of the log now."""
     row = (
-        _connection(target).execute(select(HEAD.c.size, HEAD.c.frontier).where(HEAD.c.id == HEAD_ID)).first()
+        _connection(target)
+        .exec_driver_sql("SELECT size, frontier FROM transfer_log_head WHERE id = 1")
+        .first()
     )
     if row is None:
         return 0, merkle.EMPTY_ROOT
-    return int(row.size), merkle.fold_subtrees(_split_frontier(bytes(row.frontier)))
+    return int(row[0]), merkle.fold_subtrees(_split_frontier(bytes(row[1])))
 
 
 def tree_size(target: Session | Connection) -> int:
