@@ -573,6 +573,9 @@ def test_a_log_that_no_longer_extends_its_checkpoint_is_not_signed(
             "This connector refused to sign a checkpoint of its log"
         )
         assert status_of(page, ENTRIES) == "not checked: newer than the signed checkpoint"
+        expect(page.locator("#verification-summary")).to_contain_text(
+            "1 newer than the signed checkpoint, not checked."
+        )
         screenshot(page, "audit-unsigned-growth")
     finally:
         pair.sql("UPDATE transfer_log_node SET hash = ? WHERE level = 3 AND idx = 0", original)

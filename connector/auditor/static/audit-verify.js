@@ -184,9 +184,11 @@ async function verifyPage() {
   await checkWitnesses(checkpoint);
   let verified = 0;
   let failed = 0;
+  let unchecked = 0;
   for (const item of items) {
     const status = item.querySelector("[data-proof-status]");
     if (item.dataset.inCheckpoint !== "true") {
+      unchecked += 1;
       show(status, "unchecked", "not checked: newer than the signed checkpoint");
       continue;
     }
@@ -200,10 +202,12 @@ async function verifyPage() {
       show(status, "failed", "FAILED: " + error.message);
     }
   }
-  const outcome = failed
-    ? `FAILED: ${failed} of ${items.length} entries on this page did not verify; ${verified} verified.`
-    : `All ${verified} entries on this page verified against the signed checkpoint.`;
-  show(summary, failed || signature.ok === false ? "failed" : "verified", outcome);
+  const newer = unchecked ? ` ${unchecked} newer than the signed checkpoint, not checked.` : "";
+  let outcome;
+  if (failed) outcome = `FAILED: ${failed} of ${items.length} entries on this page did not verify; ${verified} verified.${newer}`;
+  else if (unchecked) outcome = `${verified} entries on this page verified against the signed checkpoint;${newer}`;
+  else outcome = `All ${verified} entries on this page verified against the signed checkpoint.`;
+  show(summary, failed || signature.ok === false ? "failed" : unchecked ? "unchecked" : "verified", outcome);
   document.body.dataset.verification = "done";
 }
 
