@@ -22,6 +22,7 @@ from rich.console import Console
 from sqlmodel import Session
 
 from connector import demo_negotiate
+from connector.auditor.demo_accounts import DEMO_AUDITOR, PASSWORD_FILE, ensure_demo_auditor
 from connector.demo_seed import MEMBERSHIPS, seed, visible_datasets
 from identity.trustlist import add_member
 from runtime.database import make_engine
@@ -228,6 +229,8 @@ def _print_summary(all_settings: list[ParticipantSettings], root: Path) -> None:
         "",
         f"State and logs: {root}/<participant>/ (service.log, tessera.db)",
         f"Management API keys: {root}/<participant>/management-api-key (header X-Api-Key)",
+        f"Audit pages: <connector URL>/ui/audit, sign in as {DEMO_AUDITOR!r} with the password in "
+        f"{root}/<connector>/{PASSWORD_FILE}",
         f"Try: tessera dataspace ping --dir {root / 'transit'} --did '{all_settings[0].did}'",
         "Press Ctrl-C to stop everything.",
     ]
@@ -251,6 +254,9 @@ def run_demo(root: Path, base_port: int = 8001) -> None:
         _wait_healthy(processes, {s.name: s.public_url for s in all_settings})
         _publish(all_settings)
         _negotiate(all_settings)
+        for settings in all_settings:
+            if settings.kind == "connector":
+                ensure_demo_auditor(settings)
         _print_summary(all_settings, root)
         while True:
             for name, (process, log_path) in processes.items():
