@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 import pytest
 from sqlalchemy import Engine, func, select
@@ -10,6 +11,7 @@ from sqlalchemy import Engine, func, select
 from connector.translog import merkle, store
 from connector.translog.entries import REFUSAL, EntryError, subject_hash
 from connector.translog.models import LogLeafRow
+from tests.conftest import Participant
 from tests.translog_helpers import append_from_processes, append_refusals, migrated_engine, refusal
 
 LEAF = LogLeafRow.__table__  # type: ignore[attr-defined]
@@ -151,3 +153,35 @@ def test_entries_are_written_in_rfc8785_form() -> None:
         assert data == rfc8785.dumps(json.loads(data))
     with pytest.raises(EntryError, match="lone surrogate"):
         canonical_entry(REFUSAL, {**refusal(0), "reason": "\ud800"}, 0)
+
+
+def test_a_refusal_with_unloggable_details_is_still_logged(
+    make_connector: Callable[..., Participant],
+) -> None:
+    from sqlmodel import Session
+
+    from connector.translog.events import negotiation_refused
+    from contracts.models import NegotiationRow
+
+    city = make_connector("city")
+    row = NegotiationRow(
+        id="n-1",
+        role="provider",
+        counter_party_did="did:web:peer.example",
+        counter_party_address="http://peer.example/dsp",
+        state="TERMINATED",
+        asset_id="mailto:jane@example.org",  # an asset id the log refuses to hold
+        offer="{}",
+        created_at=0,
+        updated_at=0,
+    )
+    with Session(city.core.engine) as session:
+        negotiation_refused(
+            session, row, by="counter-party", reason="call me: +49 30 1234 5678", code="bad\ncode"
+        )
+        session.commit()
+    with city.core.engine.connect() as conn:
+        entry = json.loads(store.read_entries(conn, 0, 1)[0].entry)
+    assert entry["reason"] == "call me: [redacted]"
+    assert "dataset" not in entry
+    assert "code" not in entry

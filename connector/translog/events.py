@@ -8,11 +8,12 @@ is masked (``redact_text``) before it is logged: a reason must never stop a stat
 from __future__ import annotations
 
 import hashlib
+import re
 from typing import Any
 
 from sqlmodel import Session
 
-from connector.translog.entries import AGREEMENT_FINALIZED, REFUSAL, redact_text
+from connector.translog.entries import AGREEMENT_FINALIZED, REFUSAL, EntryError, redact_text
 from connector.translog.store import LeafReceipt, append_entry
 from contracts.agreements import AgreementRecord
 from contracts.models import NegotiationRow
@@ -46,10 +47,16 @@ def negotiation_refused(
         "by": by,
         "reason": redact_text(reason or "no reason given"),
     }
+    details: dict[str, Any] = {}
     if row.asset_id:
-        fields["dataset"] = row.asset_id
+        details["dataset"] = row.asset_id
     if code:
-        fields["code"] = code[:100].replace(" ", "_")
+        details["code"] = re.sub(r"[^\w.:-]", "_", code)[:100]
     if code == "policy":
-        fields["policyDecision"] = {"allowed": False, "explanation": redact_text(row.error_detail or reason)}
-    return append_entry(session, REFUSAL, fields)
+        details["policyDecision"] = {"allowed": False, "explanation": redact_text(row.error_detail or reason)}
+    try:
+        return append_entry(session, REFUSAL, {**fields, **details})
+    except EntryError:
+        # A dataset id or code the log cannot hold must not stop the negotiation from ending:
+        # the refusal is logged without them.
+        return append_entry(session, REFUSAL, fields)

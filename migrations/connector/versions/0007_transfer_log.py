@@ -84,7 +84,6 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("transfer_log_leaf", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_transfer_log_leaf_created_at"), ["created_at"], unique=False)
-        batch_op.create_index(batch_op.f("ix_transfer_log_leaf_kind"), ["kind"], unique=False)
         batch_op.create_index(batch_op.f("ix_transfer_log_leaf_leaf_hash"), ["leaf_hash"], unique=False)
 
     op.create_table(
@@ -113,7 +112,6 @@ def downgrade() -> None:
     op.drop_table("transfer_log_node")
     with op.batch_alter_table("transfer_log_leaf", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_transfer_log_leaf_leaf_hash"))
-        batch_op.drop_index(batch_op.f("ix_transfer_log_leaf_kind"))
         batch_op.drop_index(batch_op.f("ix_transfer_log_leaf_created_at"))
 
     op.drop_table("transfer_log_leaf")
