@@ -293,6 +293,31 @@ def test_the_agreement_shows_both_signatures_verified(pair: AuditedPair, session
     assert verified.returncode == 0, verified.stdout + verified.stderr
 
 
+@pytest.mark.slow
+def test_the_page_works_from_the_keyboard(pair: AuditedPair, session: str, page: Page) -> None:
+    open_audit(page, pair, session)
+    checked(page)
+    page.keyboard.press("Tab")
+    skip = page.get_by_role("link", name="Skip to main content")
+    expect(skip).to_be_focused()
+    expect(skip).to_be_in_viewport()
+    page.keyboard.press("Enter")
+    expect(page.locator("main")).to_be_focused()
+    # The chart's figures and an entry's proof open with the keyboard alone.
+    page.get_by_text("The figures as a table").focus()
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("table", name="Completed transfers and bytes per day")).to_be_visible()
+    summary = page.locator("li.entry").first.get_by_text("Entry and inclusion proof")
+    summary.focus()
+    page.keyboard.press("Enter")
+    expect(page.locator("li.entry").first.locator("[data-entry]")).to_be_visible()
+    # The filter form submits from the keyboard too.
+    page.get_by_label("Personal data only").focus()
+    page.keyboard.press("Space")
+    page.keyboard.press("Enter")
+    expect(page).to_have_url(re.compile(r"personal=yes"))
+
+
 # ---------------------------------------------------------------- tampering shows
 
 
