@@ -10,7 +10,7 @@ from catalog.models import (
     CrawlStatusRow,
     PolicyDefinition,
 )
-from connector.auditor.models import AuditIndexRow, AuditorRow
+from connector.auditor.models import AuditFacetRow, AuditIndexRow, AuditorRow
 from connector.translog.models import (
     LogAlertRow,
     LogCheckpointRow,
@@ -48,5 +48,6 @@ metadata = metadata_of(
         LogAlertRow,
         AuditorRow,
         AuditIndexRow,
+        AuditFacetRow,
     ]
 )

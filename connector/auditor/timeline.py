@@ -19,10 +19,12 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql.elements import ColumnElement
 
 from catalog.models import Asset
-from connector.auditor.models import AuditIndexRow
+from connector.auditor.models import AuditFacetRow, AuditIndexRow
 from connector.translog.models import LogLeafRow
 
 INDEX = AuditIndexRow.__table__  # type: ignore[attr-defined]
+FACET = AuditFacetRow.__table__  # type: ignore[attr-defined]
+FACET_FIELDS = ("counter_party", "dataset")
 LEAF = LogLeafRow.__table__  # type: ignore[attr-defined]
 ASSET = Asset.__table__  # type: ignore[attr-defined]
 PAGE_SIZE = 25
@@ -121,6 +123,7 @@ def refresh_index(engine: Engine, max_entries: int = MAX_INDEX_PER_REFRESH) -> i
                 for value in values:  # entries of the batch logged before their dataset showed consent
                     value["personal"] = value["personal"] or value["dataset"] in personal
                 conn.execute(insert(INDEX), values)
+                _add_facets(conn, values)
                 if personal - known:
                     conn.execute(
                         update(INDEX)
@@ -131,6 +134,17 @@ def refresh_index(engine: Engine, max_entries: int = MAX_INDEX_PER_REFRESH) -> i
         except IntegrityError:
             return indexed
     return indexed
+
+
+def _add_facets(conn: Connection, values: list[dict[str, Any]]) -> None:
+    """Remember the counter-parties and datasets this batch names that are not known yet."""
+    named = {(f, v[f]) for v in values for f in FACET_FIELDS if v[f]}
+    if not named:
+        return
+    known = {(r.field, r.value) for r in conn.execute(select(FACET.c.field, FACET.c.value))}
+    new = sorted(named - known)
+    if new:
+        conn.execute(insert(FACET), [{"field": f, "value": v} for f, v in new])
 
 
 def unindexed(conn: Connection) -> int:
@@ -263,13 +277,10 @@ def index_facts(conn: Connection, indexes: list[int]) -> dict[int, dict[str, Any
 
 def choices(conn: Connection) -> tuple[list[str], list[str]]:
     """The counter-parties and datasets the log names (for the filter's drop-downs)."""
-    parties = conn.execute(
-        select(INDEX.c.counter_party).where(INDEX.c.counter_party.is_not(None)).distinct().limit(500)
-    ).scalars()
-    datasets = conn.execute(
-        select(INDEX.c.dataset).where(INDEX.c.dataset.is_not(None)).distinct().limit(500)
-    ).scalars()
-    return sorted(p for p in parties if p), sorted(d for d in datasets if d)
+    found: dict[str, list[str]] = {f: [] for f in FACET_FIELDS}
+    for row in conn.execute(select(FACET.c.field, FACET.c.value).order_by(FACET.c.value).limit(2000)):
+        found[row.field].append(row.value)
+    return found["counter_party"], found["dataset"]
 
 
 # ------------------------------------------------------------------ transfers per day

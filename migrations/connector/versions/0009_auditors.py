@@ -1,4 +1,4 @@
-"""auditor accounts and the audit timeline's index of log entries
+"""auditor accounts, the audit timeline's index of log entries and the filters' choices
 
 Revision ID: 0009
 Revises: 0007
@@ -40,19 +40,24 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("idx"),
     )
     with op.batch_alter_table("audit_log_index", schema=None) as batch_op:
-        batch_op.create_index(batch_op.f("ix_audit_log_index_kind"), ["kind"], unique=False)
         batch_op.create_index(batch_op.f("ix_audit_log_index_created_at"), ["created_at"], unique=False)
-        batch_op.create_index(batch_op.f("ix_audit_log_index_counter_party"), ["counter_party"], unique=False)
-        batch_op.create_index(batch_op.f("ix_audit_log_index_dataset"), ["dataset"], unique=False)
-        batch_op.create_index(batch_op.f("ix_audit_log_index_agreement_id"), ["agreement_id"], unique=False)
+        batch_op.create_index("ix_audit_log_index_counter_party_idx", ["counter_party", "idx"], unique=False)
+        batch_op.create_index("ix_audit_log_index_dataset_idx", ["dataset", "idx"], unique=False)
+        batch_op.create_index("ix_audit_log_index_kind_created_at", ["kind", "created_at"], unique=False)
+    op.create_table(
+        "audit_log_facet",
+        sa.Column("field", sa.String(length=16), nullable=False),
+        sa.Column("value", sa.String(length=512), nullable=False),
+        sa.PrimaryKeyConstraint("field", "value"),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("audit_log_facet")
     with op.batch_alter_table("audit_log_index", schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f("ix_audit_log_index_agreement_id"))
-        batch_op.drop_index(batch_op.f("ix_audit_log_index_dataset"))
-        batch_op.drop_index(batch_op.f("ix_audit_log_index_counter_party"))
+        batch_op.drop_index("ix_audit_log_index_kind_created_at")
+        batch_op.drop_index("ix_audit_log_index_dataset_idx")
+        batch_op.drop_index("ix_audit_log_index_counter_party_idx")
         batch_op.drop_index(batch_op.f("ix_audit_log_index_created_at"))
-        batch_op.drop_index(batch_op.f("ix_audit_log_index_kind"))
     op.drop_table("audit_log_index")
     op.drop_table("auditor")
