@@ -178,7 +178,8 @@ def run(quick: bool) -> BenchResult:
             f"(transactions of {BATCH}); SQLite in WAL mode",
             "page data = 25 matching entries (random dataset / personal-only filters and pages 1-50), their index "
             "facts, 25 inclusion proofs against a checkpoint of the whole log, 30 days of totals, filter choices",
-            "a first visit indexes at most 50,000 entries per page load (MAX_INDEX_PER_REFRESH); the rest on reloads",
+            "a first visit indexes at most 20,000 entries per page load (MAX_INDEX_PER_REFRESH); the rest on reloads; "
+            "all entries are logged today, so the 30 days of totals aggregate every completed transfer (worst case)",
             f"load average (1 min) when the benchmark started: {load:.2f} on {os.cpu_count()} CPUs (shared machine)",
         ],
         parameters={"mode": "quick" if quick else "full", "log_size": size, "samples": samples},
