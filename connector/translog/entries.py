@@ -271,6 +271,9 @@ def canonical_entry(kind: str, fields: Mapping[str, Any], epoch_ms: int) -> byte
     return data
 
 
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
 def canonical_json(entry: Mapping[str, Any]) -> bytes:
     """RFC 8785 bytes of a validated entry.
 
@@ -280,7 +283,7 @@ def canonical_json(entry: Mapping[str, Any]) -> bytes:
     than a general canonicaliser. ``tests/test_translog_store.py`` checks the two agree.
     """
     try:
-        return json.dumps(entry, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+        return _CANONICAL.encode(entry).encode()
     except UnicodeEncodeError:
         raise EntryError("the entry contains text that is not valid Unicode (a lone surrogate)") from None
 
