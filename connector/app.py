@@ -9,6 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
+from connector.auditor.routes import audit_router
 from connector.dataplane.public_routes import public_router
 from connector.dataplane.sink import clean_partial_uploads, sink_router
 from connector.discovery import discovery_router
@@ -86,6 +87,7 @@ def create_app(core: ServiceCore) -> FastAPI:
     app.include_router(policies_router())
     app.include_router(contract_definitions_router())
     app.include_router(pages_router())
+    app.include_router(audit_router())
     app.include_router(federated_catalog_router())
     app.include_router(negotiations_router())
     app.include_router(transfer_router())

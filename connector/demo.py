@@ -26,6 +26,7 @@ from rich.console import Console
 from sqlmodel import Session
 
 from connector import demo_negotiate, demo_transfers
+from connector.auditor.demo_accounts import DEMO_AUDITOR, PASSWORD_FILE, ensure_demo_auditor
 from connector.demo_seed import MEMBERSHIPS, seed, visible_datasets
 from identity.trustlist import add_member
 from runtime.database import make_engine
@@ -283,6 +284,8 @@ def _print_summary(all_settings: list[ParticipantSettings], root: Path) -> None:
         "",
         f"State and logs: {root}/<participant>/ (service.log, tessera.db)",
         f"Management API keys: {root}/<participant>/management-api-key (header X-Api-Key)",
+        f"Audit pages: <connector URL>/ui/audit, sign in as {DEMO_AUDITOR!r} with the password in "
+        f"{root}/<connector>/{PASSWORD_FILE}",
         f"Try: tessera dataspace ping --dir {root / 'transit'} --did '{all_settings[0].did}'",
         "Press Ctrl-C to stop everything.",
     ]
@@ -326,6 +329,9 @@ def run_demo(root: Path, base_port: int = 8001, mqtt_broker: str | None = None) 
         _publish(all_settings, broker)
         _negotiate(all_settings)
         live = _transfer(all_settings)
+        for settings in all_settings:
+            if settings.kind == "connector":
+                ensure_demo_auditor(settings)
         _print_summary(all_settings, root)
         reported = time.monotonic()
         while True:

@@ -44,6 +44,8 @@ def test_wheel_contains_migrations_schemas_and_licences(tmp_path: Path) -> None:
         "connector/cli/__init__.py",
         "connector/pages/templates/base.html",
         "connector/pages/static/pages.css",
+        "connector/pages/templates/audit_timeline.html",
+        "connector/auditor/static/audit-verify.js",
         "identity/tokens.py",
         "runtime/service.py",
     ):

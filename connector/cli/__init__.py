@@ -11,6 +11,7 @@ import sys
 import typer
 
 from connector.cli.audit_commands import audit_app
+from connector.cli.auditor_commands import auditor_app
 from connector.cli.catalog_commands import assets_app, register_catalog_commands
 from connector.cli.contracts_commands import contracts_app
 from connector.cli.dataspace import dataspace_app
@@ -35,6 +36,7 @@ register_catalog_commands(app)
 app.add_typer(contracts_app, name="contracts")
 app.add_typer(audit_app, name="audit")
 register_fetch_command(app)
+app.add_typer(auditor_app, name="auditor")
 
 
 def main(argv: list[str] | None = None) -> int:
