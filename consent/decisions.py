@@ -1,0 +1,240 @@
+"""Consent decisions from an in-memory index that follows the change log.
+
+The index holds, per (agreement, recipient), the subject hashes whose consent
+is valid and when each expires. It is loaded from the database once, then kept
+current by replaying ``consent_change`` rows: before every decision it reads
+the head sequence number (one indexed single-row query) and, if another
+writer (this process, a page, another replica) committed something newer,
+applies those changes first. Sequence numbers follow commit order (see
+consent/ledger.py), so a decision always reflects every change committed
+before it started, on any replica; ``revision`` in the answer is that number.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from sqlalchemy import Engine, and_, select
+from sqlalchemy.engine import Connection
+
+from consent.errors import NoAgreement
+from consent.ledger import HEAD_ID, now_millis
+from consent.models import (
+    AgreementRevision,
+    ConsentChange,
+    ConsentRecord,
+    DataAgreement,
+    FeedHead,
+    SubjectIdentifier,
+)
+from consent.states import GIVEN_STATES
+
+NEVER = 2**62
+FULL_RELOAD_AFTER = 5_000  # more pending changes than this: reload everything instead of replaying
+
+_A = DataAgreement.__table__.c  # type: ignore[attr-defined]
+_R = ConsentRecord.__table__.c  # type: ignore[attr-defined]
+_I = SubjectIdentifier.__table__.c  # type: ignore[attr-defined]
+_V = AgreementRevision.__table__.c  # type: ignore[attr-defined]
+_C = ConsentChange.__table__.c  # type: ignore[attr-defined]
+_H = FeedHead.__table__.c  # type: ignore[attr-defined]
+_GIVEN = [state.value for state in GIVEN_STATES]
+_VALID_JOIN = (
+    select(_R.agreement_id, _R.recipient_did, _I.subject_hash, _R.expires_at)
+    .select_from(_R)
+    .join(_A, _A.id == _R.agreement_id)
+    .join(_I, and_(_I.citizen_id == _R.citizen_id, _I.controller_did == _A.controller_did))
+    .where(_R.state.in_(_GIVEN), _R.agreement_version >= _A.min_consent_version)
+)
+
+
+@dataclass
+class AgreementEntry:
+    id: str
+    controller: str
+    purpose: str
+    version: int
+    recipients: frozenset[str]
+    datasets: frozenset[str]  # empty: every dataset of the controller
+    valid_from: int | None
+    valid_until: int | None
+    # recipient -> subject hash -> expiry (epoch ms, NEVER when none)
+    valid: dict[str, dict[str, int]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Decision:
+    decision_id: str
+    revision: int
+    allowed: list[str]
+    agreements: list[tuple[str, int]]
+
+
+class DecisionIndex:
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._lock = threading.Lock()
+        self._seq = -1
+        self._agreements: dict[str, AgreementEntry] = {}
+        self._by_purpose: dict[tuple[str, str], list[str]] = {}
+
+    @property
+    def revision(self) -> int:
+        return self._seq
+
+    def size(self) -> int:
+        return sum(len(subjects) for entry in self._agreements.values() for subjects in entry.valid.values())
+
+    # ---- deciding ---------------------------------------------------------------------------
+
+    def decide(
+        self,
+        controller: str,
+        recipient: str,
+        purpose: str,
+        dataset: str,
+        subjects: Sequence[str],
+        now: int | None = None,
+    ) -> Decision:
+        """Which ``subjects`` (keyed hashes) may be released; NoAgreement when nothing covers the request."""
+        now = now_millis() if now is None else now
+        with self._lock:
+            self._catch_up()
+            covering = self._covering(controller, recipient, purpose, dataset, now)
+            tables = [entry.valid.get(recipient, {}) for entry in covering]
+            if len(tables) == 1:
+                table = tables[0]
+                allowed = [s for s in subjects if table.get(s, 0) > now]
+            else:
+                allowed = [s for s in subjects if any(t.get(s, 0) > now for t in tables)]
+            return Decision(uuid.uuid4().hex, self._seq, allowed, [(e.id, e.version) for e in covering])
+
+    def _covering(
+        self, controller: str, recipient: str, purpose: str, dataset: str, now: int
+    ) -> list[AgreementEntry]:
+        ids = self._by_purpose.get((controller, purpose))
+        if not ids:
+            raise NoAgreement(f"you ({controller}) have no data agreement for purpose {purpose!r}")
+        entries = [self._agreements[i] for i in ids]
+        entries = [e for e in entries if recipient in e.recipients]
+        if not entries:
+            raise NoAgreement(
+                f"none of your data agreements for purpose {purpose!r} names recipient {recipient}"
+            )
+        entries = [e for e in entries if not e.datasets or dataset in e.datasets]
+        if not entries:
+            raise NoAgreement(
+                f"none of your data agreements for purpose {purpose!r} covers dataset {dataset!r}"
+            )
+        entries = [
+            e
+            for e in entries
+            if (e.valid_from is None or e.valid_from <= now)
+            and (e.valid_until is None or e.valid_until > now)
+        ]
+        if not entries:
+            raise NoAgreement(f"your data agreements for purpose {purpose!r} are not in force")
+        return entries
+
+    # ---- following the database -------------------------------------------------------------
+
+    def refresh(self) -> int:
+        with self._lock:
+            self._catch_up()
+            return self._seq
+
+    def _catch_up(self) -> None:
+        with self._engine.connect() as connection:
+            head = connection.execute(select(_H.seq).where(_H.id == HEAD_ID)).scalar() or 0
+            if head == self._seq:
+                return
+            if self._seq < 0 or head - self._seq > FULL_RELOAD_AFTER or head < self._seq:
+                self._load_all(connection, head)
+                return
+            changes = connection.execute(
+                select(_C.seq, _C.kind, _C.controller_did, _C.agreement_id, _C.citizen_id, _C.subject_hashes)
+                .where(_C.seq > self._seq, _C.seq <= head)
+                .order_by(_C.seq)
+            ).all()
+            agreements = {c.agreement_id for c in changes if c.kind == "agreement"}
+            citizens = {
+                (c.citizen_id, c.controller_did): set(json.loads(c.subject_hashes))
+                for c in changes
+                if c.kind != "agreement" and c.citizen_id
+            }
+            for change in changes:  # several changes of one citizen: gather every hash they name
+                if change.kind != "agreement" and change.citizen_id:
+                    citizens[(change.citizen_id, change.controller_did)].update(
+                        json.loads(change.subject_hashes)
+                    )
+            for agreement_id in agreements:
+                self._load_agreement(connection, agreement_id)
+            for (citizen_id, controller), hashes in citizens.items():
+                self._reload_citizen(connection, citizen_id, controller, hashes)
+            self._seq = head
+
+    def _load_all(self, connection: Connection, head: int) -> None:
+        self._agreements = {}
+        self._by_purpose = {}
+        for (agreement_id,) in connection.execute(select(_A.id)).all():
+            self._load_agreement(connection, agreement_id, with_subjects=False)
+        for row in connection.execute(_VALID_JOIN).yield_per(50_000):
+            entry = self._agreements.get(row.agreement_id)
+            if entry is not None:
+                entry.valid.setdefault(row.recipient_did, {})[row.subject_hash] = row.expires_at or NEVER
+        self._seq = head
+
+    def _load_agreement(
+        self, connection: Connection, agreement_id: str, *, with_subjects: bool = True
+    ) -> None:
+        row = connection.execute(
+            select(_A.id, _A.controller_did, _A.purpose, _A.latest_version, _V.content)
+            .join(_V, and_(_V.agreement_id == _A.id, _V.version == _A.latest_version))
+            .where(_A.id == agreement_id)
+        ).first()
+        if row is None:
+            return
+        terms = json.loads(row.content)
+        entry = AgreementEntry(
+            id=row.id,
+            controller=row.controller_did,
+            purpose=row.purpose,
+            version=row.latest_version,
+            recipients=frozenset(r["did"] for r in terms["recipients"]),
+            datasets=frozenset(terms["datasets"]),
+            valid_from=terms["valid_from"],
+            valid_until=terms["valid_until"],
+        )
+        self._agreements[entry.id] = entry
+        ids = self._by_purpose.setdefault((entry.controller, entry.purpose), [])
+        if entry.id not in ids:
+            ids.append(entry.id)
+        if with_subjects:
+            for valid in connection.execute(_VALID_JOIN.where(_R.agreement_id == agreement_id)).all():
+                entry.valid.setdefault(valid.recipient_did, {})[valid.subject_hash] = (
+                    valid.expires_at or NEVER
+                )
+
+    def _reload_citizen(
+        self, connection: Connection, citizen_id: str, controller: str, hashes: set[str]
+    ) -> None:
+        current = {
+            row.subject_hash
+            for row in connection.execute(
+                select(_I.subject_hash).where(_I.citizen_id == citizen_id, _I.controller_did == controller)
+            ).all()
+        }
+        for agreement_id in {i for (c, _p), ids in self._by_purpose.items() if c == controller for i in ids}:
+            for table in self._agreements[agreement_id].valid.values():
+                for subject in hashes | current:
+                    table.pop(subject, None)
+        for row in connection.execute(
+            _VALID_JOIN.where(_R.citizen_id == citizen_id, _A.controller_did == controller)
+        ).all():
+            entry = self._agreements.get(row.agreement_id)
+            if entry is not None:
+                entry.valid.setdefault(row.recipient_did, {})[row.subject_hash] = row.expires_at or NEVER
