@@ -45,9 +45,12 @@ _H = FeedHead.__table__.c  # type: ignore[attr-defined]
 _GIVEN = [state.value for state in GIVEN_STATES]
 _VALID_JOIN = (
     select(_R.agreement_id, _R.recipient_did, _I.subject_hash, _R.expires_at)
-    .select_from(_R)
-    .join(_A, _A.id == _R.agreement_id)
-    .join(_I, and_(_I.citizen_id == _R.citizen_id, _I.controller_did == _A.controller_did))
+    .select_from(ConsentRecord.__table__)  # type: ignore[attr-defined]
+    .join(DataAgreement.__table__, _A.id == _R.agreement_id)  # type: ignore[attr-defined]
+    .join(
+        SubjectIdentifier.__table__,
+        and_(_I.citizen_id == _R.citizen_id, _I.controller_did == _A.controller_did),
+    )  # type: ignore[attr-defined]
     .where(_R.state.in_(_GIVEN), _R.agreement_version >= _A.min_consent_version)
 )
 
@@ -193,7 +196,9 @@ class DecisionIndex:
     ) -> None:
         row = connection.execute(
             select(_A.id, _A.controller_did, _A.purpose, _A.latest_version, _V.content)
-            .join(_V, and_(_V.agreement_id == _A.id, _V.version == _A.latest_version))
+            .join(
+                AgreementRevision.__table__, and_(_V.agreement_id == _A.id, _V.version == _A.latest_version)
+            )  # type: ignore[attr-defined]
             .where(_A.id == agreement_id)
         ).first()
         if row is None:
