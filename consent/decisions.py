@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from sqlalchemy import Engine, and_, select
+from sqlalchemy import Engine, Table, and_, select
 from sqlalchemy.engine import Connection
 
 from consent.errors import NoAgreement
@@ -36,21 +36,22 @@ from consent.states import GIVEN_STATES
 NEVER = 2**62
 FULL_RELOAD_AFTER = 5_000  # more pending changes than this: reload everything instead of replaying
 
-_A = DataAgreement.__table__.c  # type: ignore[attr-defined]
-_R = ConsentRecord.__table__.c  # type: ignore[attr-defined]
-_I = SubjectIdentifier.__table__.c  # type: ignore[attr-defined]
-_V = AgreementRevision.__table__.c  # type: ignore[attr-defined]
-_C = ConsentChange.__table__.c  # type: ignore[attr-defined]
-_H = FeedHead.__table__.c  # type: ignore[attr-defined]
+AGREEMENTS: Table = DataAgreement.__table__  # type: ignore[attr-defined]
+RECORDS: Table = ConsentRecord.__table__  # type: ignore[attr-defined]
+IDENTIFIERS: Table = SubjectIdentifier.__table__  # type: ignore[attr-defined]
+REVISIONS: Table = AgreementRevision.__table__  # type: ignore[attr-defined]
+CHANGES: Table = ConsentChange.__table__  # type: ignore[attr-defined]
+HEAD: Table = FeedHead.__table__  # type: ignore[attr-defined]
+_A, _R, _I, _V, _C, _H = AGREEMENTS.c, RECORDS.c, IDENTIFIERS.c, REVISIONS.c, CHANGES.c, HEAD.c
 _GIVEN = [state.value for state in GIVEN_STATES]
 _VALID_JOIN = (
     select(_R.agreement_id, _R.recipient_did, _I.subject_hash, _R.expires_at)
-    .select_from(ConsentRecord.__table__)  # type: ignore[attr-defined]
-    .join(DataAgreement.__table__, _A.id == _R.agreement_id)  # type: ignore[attr-defined]
+    .select_from(RECORDS)
+    .join(AGREEMENTS, _A.id == _R.agreement_id)
     .join(
-        SubjectIdentifier.__table__,
+        IDENTIFIERS,
         and_(_I.citizen_id == _R.citizen_id, _I.controller_did == _A.controller_did),
-    )  # type: ignore[attr-defined]
+    )
     .where(_R.state.in_(_GIVEN), _R.agreement_version >= _A.min_consent_version)
 )
 
@@ -196,9 +197,7 @@ class DecisionIndex:
     ) -> None:
         row = connection.execute(
             select(_A.id, _A.controller_did, _A.purpose, _A.latest_version, _V.content)
-            .join(
-                AgreementRevision.__table__, and_(_V.agreement_id == _A.id, _V.version == _A.latest_version)
-            )  # type: ignore[attr-defined]
+            .join(REVISIONS, and_(_V.agreement_id == _A.id, _V.version == _A.latest_version))
             .where(_A.id == agreement_id)
         ).first()
         if row is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import TypedDict
 
 import pytest
 from sqlalchemy import text
@@ -18,12 +19,16 @@ from consent.receipts import ReceiptError, verify_receipt
 from identity.keys import public_jwk
 from tests.consent_helpers import CITY, TRANSIT, UTILITY, consent_engine, signer, terms
 
-PAGE = {"method": "self-service-page"}
 DAY = 86_400_000
 
 
-def actor(citizen: str) -> dict[str, str]:
-    return {"actor": f"citizen:{citizen}", **PAGE}
+class Who(TypedDict):
+    actor: str
+    method: str
+
+
+def actor(citizen: str) -> Who:
+    return {"actor": f"citizen:{citizen}", "method": "self-service-page"}
 
 
 def test_agreement_revisions_are_immutable_and_hashed(database_url: str) -> None:
