@@ -52,10 +52,10 @@ def _citizens(svc: ConsentService, controller: str, agreement: str) -> dict[str,
         for name, card in CARDS.items():
             ids[name] = service.create_citizen(session)
             service.register_subject_identifier(session, ids[name], controller, card, "card_id")
-        who = {"method": "self-service-page"}
-        service.give_consent(session, sign, ids["alice"], agreement, CITY, actor="citizen:alice", **who)
-        service.refuse_consent(session, sign, ids["bob"], agreement, CITY, actor="citizen:bob", **who)
-        service.give_consent(session, sign, ids["carol"], agreement, CITY, actor="citizen:carol", **who)
+        page = "self-service-page"
+        service.give_consent(session, sign, ids["alice"], agreement, CITY, actor="citizen:alice", method=page)
+        service.refuse_consent(session, sign, ids["bob"], agreement, CITY, actor="citizen:bob", method=page)
+        service.give_consent(session, sign, ids["carol"], agreement, CITY, actor="citizen:carol", method=page)
     return ids
 
 
@@ -216,8 +216,10 @@ def test_malformed_decision_requests_get_json_errors(tmp_path: Path, database_ur
 
 
 def test_a_flood_of_decision_requests_is_rate_limited(tmp_path: Path) -> None:
-    limits = {"decision_rate_per_second": 0.5, "decision_burst": 3}
-    with consent_service(tmp_path, **limits) as svc, TestClient(svc.app()) as client:
+    with (
+        consent_service(tmp_path, decision_rate_per_second=0.5, decision_burst=3) as svc,
+        TestClient(svc.app()) as client,
+    ):
         transit, city = svc.join("transit"), svc.join("city")
         register(client, svc, transit)
         register(client, svc, city, controller_name="City", recipients=[{"did": UTILITY, "name": "Utility"}])
@@ -265,7 +267,7 @@ def test_transfer_summaries_reach_the_right_citizen_only(tmp_path: Path, databas
         agreement = register(client, svc, transit)["id"]
         key = _key(client, svc, transit)
         ids = _citizens(svc, transit.did, agreement)
-        report = {
+        report: dict[str, Any] = {
             "transfer_id": "tp-1",
             "recipient": CITY,
             "purpose": "traffic-planning",
