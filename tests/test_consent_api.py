@@ -198,6 +198,8 @@ def test_malformed_decision_requests_get_json_errors(tmp_path: Path, database_ur
             {"subjects": [good], "extra": True},
             {"subjects": [good], "purpose": "x y"},
             {"subjects": [good], "recipient": 7},
+            {"subjects": ["cd" * 31 + "c d"]},  # whitespace that bytes.fromhex would skip
+            {"subjects": ["é" * 64]},
         ]
         for fields in bad_bodies:
             response = _decide(client, svc, transit, **fields)
@@ -211,6 +213,10 @@ def test_malformed_decision_requests_get_json_errors(tmp_path: Path, database_ur
             )
             assert response.status_code == 422, raw
             assert response.headers["content-type"] == "application/json"
+        flood = {"subjects": [good] * 20_000}  # refused by its size, before it is parsed
+        too_big = _decide(client, svc, transit, **flood)
+        assert too_big.status_code == 413
+        assert too_big.json()["error"] == "too_large"
         # Still answering well-formed questions afterwards.
         assert _decide(client, svc, transit, subjects=[good]).status_code == 200
 
