@@ -142,6 +142,23 @@ def test_batch_decisions_release_only_valid_consent(tmp_path: Path, database_url
         # Another recipient of the same agreement: nobody consented to it.
         assert _decide(client, svc, transit, recipient=UTILITY, subjects=asked).json()["allowed"] == []
 
+        # Alice removes her card: its hash no longer stands for anyone; registered again, it does.
+        with svc.session() as session:
+            service.remove_subject_identifier(session, ids["alice"], transit.did, hashes["alice"])
+        assert _decide(client, svc, transit, subjects=asked).json()["allowed"] == []
+        with svc.session() as session:
+            service.register_subject_identifier(session, ids["alice"], transit.did, CARDS["alice"], "card_id")
+        assert _decide(client, svc, transit, subjects=asked).json()["allowed"] == [hashes["alice"]]
+
+        # A material revision of the agreement: consent given for revision 1 no longer counts.
+        revised = copy.deepcopy(TERMS)
+        revised["data_categories"] = ["dpv:Location", "dpv:Age"]
+        url = f"{API}/agreements/{agreement}"
+        assert client.put(url, json={"terms": revised}, headers=transit.auth(svc.did)).status_code == 200
+        after = _decide(client, svc, transit, subjects=asked).json()
+        assert after["allowed"] == []
+        assert after["agreements"] == [{"id": agreement, "version": 2}]
+
 
 def test_questions_without_an_agreement_are_refused(tmp_path: Path, database_url: str) -> None:
     with consent_service(tmp_path, database_url) as svc, TestClient(svc.app()) as client:
