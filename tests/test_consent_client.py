@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -142,6 +143,17 @@ def test_client_decides_by_keyed_hash_and_the_feed_drops_withdrawn_answers(tmp_p
                 fresh = await client.decide(CITY, "traffic-planning", "card-trips", cards, fresh=True)
                 assert fresh.allowed == {"4711-0001"}
                 assert len(fresh.decision_ids) == 1
+
+                # What went out is reported by hash; the citizen sees it.
+                reported = await client.report_transfer(
+                    "tp-7",
+                    CITY,
+                    "traffic-planning",
+                    "card-trips",
+                    datetime.now(UTC),
+                    {"4711-0001": 5, "0000-0000": 2},
+                )
+                assert reported == {"citizens": 1, "unmatched": 1}
                 return {"latency": latency}
             finally:
                 follower.cancel()
@@ -152,6 +164,9 @@ def test_client_decides_by_keyed_hash_and_the_feed_drops_withdrawn_answers(tmp_p
         result = asyncio.run(scenario())
         # A bound on the feed (poll 0.1 s + delivery); generous because the machine is shared.
         assert result["latency"] < 10
+        with Session(running.engine) as session:
+            (summary,) = service.transfers_of(session, running.citizens["alice"])
+            assert (summary.transfer_id, summary.record_count) == ("tp-7", 5)
         log = running.served.log_path.read_text()
         assert "4711-0001" not in log
         assert "4711-0003" not in log
