@@ -2,8 +2,35 @@
 
 from __future__ import annotations
 
+from consent.models import (
+    AgreementRevision,
+    Citizen,
+    ConsentChange,
+    ConsentEvent,
+    ConsentRecord,
+    DataAgreement,
+    FeedHead,
+    Organisation,
+    SubjectIdentifier,
+    TransferSummary,
+)
 from identity.replay import SeenToken
 from identity.trustlist import Member
 from runtime.schema import metadata_of
 
-metadata = metadata_of([Member, SeenToken])
+metadata = metadata_of(
+    [
+        Member,
+        SeenToken,
+        Organisation,
+        DataAgreement,
+        AgreementRevision,
+        Citizen,
+        SubjectIdentifier,
+        ConsentRecord,
+        ConsentEvent,
+        FeedHead,
+        ConsentChange,
+        TransferSummary,
+    ]
+)
