@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, FastAPI
 
+from consent.pages.routes import citizen_pages_router
+from consent.pages.sign_in_routes import sign_in_router
 from consent.settings import CONSENT_API_PATH, ConsentSettings
 from identity.did import consent_services
 from identity.peer_auth import Peer, authenticated_peer
@@ -30,4 +32,6 @@ def create_app(core: ServiceCore) -> FastAPI:
         return {"peer": peer.did, "consent_service": settings.did}
 
     app.include_router(api)
+    app.include_router(sign_in_router(settings))
+    app.include_router(citizen_pages_router())
     return app
