@@ -20,6 +20,9 @@ from sqlalchemy import Column, DateTime, UniqueConstraint
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Field, Session, SQLModel, select
 
+from consent.models import Citizen
+from consent.service import create_citizen
+
 CITIZEN_NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 MIN_PASSWORD_LENGTH = 10
 MAX_PASSWORD_LENGTH = 1024
@@ -42,7 +45,7 @@ class CitizenAccount(SQLModel, table=True):
     __tablename__ = "citizen_account"
     __table_args__ = (UniqueConstraint("oidc_issuer", "oidc_subject", name="uq_citizen_account_oidc"),)
 
-    id: str = Field(primary_key=True, max_length=64)
+    id: str = Field(primary_key=True, foreign_key="consent_citizen.id", max_length=64)
     name: str = Field(max_length=64, unique=True)
     display_name: str = Field(default="", max_length=200)
     password_hash: str | None = Field(default=None, max_length=512)
@@ -106,11 +109,16 @@ def add_citizen(
     check_name(name)
     if (oidc_issuer is None) != (oidc_subject is None):
         raise AccountError("an OpenID Connect link needs both the issuer and the subject")
+    password_hash = _hasher.hash(check_password(password)) if password is not None else None
+    if find_by_name(session, name) is not None:
+        raise AccountError(f"a citizen named {name!r} exists already")
+    # The data subject of the consent records first; the account is how that subject signs in.
+    citizen_id = create_citizen(session, f"citizen-{uuid.uuid4()}")
     row = CitizenAccount(
-        id=f"citizen-{uuid.uuid4()}",
+        id=citizen_id,
         name=name,
         display_name=display_name[:200],
-        password_hash=_hasher.hash(check_password(password)) if password is not None else None,
+        password_hash=password_hash,
         oidc_issuer=oidc_issuer,
         oidc_subject=oidc_subject,
         created_at=utcnow(),
@@ -120,10 +128,19 @@ def add_citizen(
         session.commit()
     except IntegrityError:
         session.rollback()
+        _forget_citizen(session, citizen_id)
         if find_by_name(session, name) is not None:
             raise AccountError(f"a citizen named {name!r} exists already") from None
         raise AccountError("that OpenID Connect subject is linked to another citizen already") from None
     return _view(row)
+
+
+def _forget_citizen(session: Session, citizen_id: str) -> None:
+    """Remove the subject made for an account that could not be created (a concurrent duplicate)."""
+    row = session.get(Citizen, citizen_id)
+    if row is not None:
+        session.delete(row)
+        session.commit()
 
 
 def find_by_name(session: Session, name: str) -> CitizenView | None:
