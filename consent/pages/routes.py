@@ -22,6 +22,7 @@ from consent.pages.auth import PAGES_PATH, Citizen, csrf_matches, require_citize
 from consent.pages.render import message_page, page, refused_page, stylesheet
 from consent.pages.words import (
     Names,
+    category_words,
     duration_words,
     lawful_basis_words,
     purpose_words,
@@ -133,6 +134,7 @@ def citizen_pages_router() -> APIRouter:
             names=names,
             purpose_words=purpose_words,
             duration_words=duration_words,
+            category_words=category_words,
             lawful_basis_words=lawful_basis_words,
             state_words=state_words,
         )
