@@ -15,6 +15,15 @@ LOCAL_HOSTS = ("http://127.0.0.1", "http://localhost", "http://[::1]")
 
 class ConsentSettings(ParticipantSettings):
     kind: Literal["consent"] = "consent"
+    # Decision requests each connector may make per second (token bucket), and the burst it may use.
+    decision_rate_per_second: float = Field(default=2000.0, gt=0, le=1_000_000)
+    decision_burst: int = Field(default=4000, ge=1, le=1_000_000)
+    # Subjects in one decision request.
+    max_decision_subjects: int = Field(default=10_000, ge=1, le=100_000)
+    # How often the change feed looks for new changes.
+    change_feed_poll_seconds: float = Field(default=0.1, gt=0, le=10)
+    # How often given consents whose time ran out are written down as ConsentExpired (0: never).
+    expiry_sweep_seconds: int = Field(default=60, ge=0, le=86_400)
     # Optional sign-in through an external OpenID Connect provider: all three or none.
     oidc_issuer: str | None = None
     oidc_client_id: str | None = Field(default=None, max_length=255)

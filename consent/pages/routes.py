@@ -41,7 +41,7 @@ from consent.service import (
     transfers_of,
     withdraw_everything,
 )
-from runtime.dependencies import db_session, service_core
+from runtime.dependencies import db_session
 from runtime.forms import form_text, read_form
 
 METHOD = "self-service-page"
@@ -54,8 +54,9 @@ def _actor(citizen: Citizen) -> str:
 
 
 def _signer(request: Request) -> ReceiptSigner:
-    core = service_core(request)
-    return ReceiptSigner(did=core.settings.did, key=core.key)
+    """The service's receipt signer (its DID and key), made once by the app factory."""
+    signer: ReceiptSigner = request.app.state.receipt_signer
+    return signer
 
 
 def _error_page(request: Request, citizen: Citizen, error: ConsentError) -> Response:
