@@ -275,6 +275,24 @@ def test_sign_out_ends_the_session_on_the_server(service: ConsentService, app_co
     assert replay.get("/citizen", follow_redirects=False).status_code == 303
 
 
+def test_a_session_ends_when_it_expires(service: ConsentService, app_core: ServiceCore) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from sqlmodel import Session
+
+    from consent.citizen_sessions import CitizenSession, token_hash
+
+    client = signed_in(app_core, service, "bob", "10.2.1.1")
+    assert client.get("/citizen").status_code == 200
+    with Session(app_core.engine) as session:  # two hours later
+        row = session.get(CitizenSession, token_hash(client.cookies[SESSION]))
+        assert row is not None
+        row.expires_at = datetime.now(UTC) - timedelta(seconds=1)
+        session.add(row)
+        session.commit()
+    assert client.get("/citizen", follow_redirects=False).headers["location"] == "/citizen/sign-in"
+
+
 def test_sign_in_brute_force_is_limited_with_retry_after(
     service: ConsentService, app_core: ServiceCore
 ) -> None:
