@@ -44,6 +44,9 @@ def test_wheel_contains_migrations_schemas_and_licences(tmp_path: Path) -> None:
         "connector/cli/__init__.py",
         "connector/pages/templates/base.html",
         "connector/pages/static/pages.css",
+        "consent/pages/templates/choices.html",
+        "consent/pages/static/consent.css",
+        "consent/pages/static/consent.js",
         "identity/tokens.py",
         "runtime/service.py",
     ):
