@@ -15,6 +15,8 @@ from sqlmodel import Session
 from consent.api import connector_router, error_response
 from consent.decisions import DecisionIndex
 from consent.errors import ConsentError
+from consent.pages.routes import citizen_pages_router
+from consent.pages.sign_in_routes import sign_in_router
 from consent.ratelimit import RateLimiter
 from consent.receipts import ReceiptSigner
 from consent.service import expire_due
@@ -84,4 +86,6 @@ def create_app(core: ServiceCore) -> FastAPI:
     app.include_router(
         connector_router(index, RateLimiter(settings.decision_rate_per_second, settings.decision_burst))
     )
+    app.include_router(sign_in_router(settings))
+    app.include_router(citizen_pages_router())
     return app

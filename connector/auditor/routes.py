@@ -53,10 +53,8 @@ from connector.pages.auth import (
     LOGIN_CSRF_LIFETIME_SECONDS,
     login_csrf,
     login_csrf_matches,
-    read_form,
     set_cookie,
 )
-from connector.pages.ratelimit import SlidingWindowLimiter
 from connector.pages.render import PAGE_HEADERS, page, path_segment
 from connector.translog.checkpoint import CheckpointError
 from connector.translog.management import export_bundle_file
@@ -64,6 +62,8 @@ from contracts.agreements import get_agreement
 from contracts.evidence import EvidenceError
 from contracts.models import NegotiationRow
 from runtime.dependencies import db_session, service_core
+from runtime.forms import read_form
+from runtime.ratelimit import SlidingWindowLimiter
 
 SIGN_IN_ATTEMPTS = 10
 SIGN_IN_WINDOW_SECONDS = 60.0

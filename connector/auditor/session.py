@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.hashes import SHA256
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from connector.auditor.accounts import NAME_PATTERN
-from connector.pages.session import same_secret
+from runtime.forms import same_secret
 
 SESSION_LIFETIME_SECONDS = 4 * 60 * 60
 MAX_TOKEN = 400
