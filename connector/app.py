@@ -13,6 +13,7 @@ from connector.discovery import discovery_router
 from connector.dsp.catalog_routes import catalog_router
 from connector.dsp.errors import DspError, dsp_error_body, dsp_error_response, error_type_for_path
 from connector.dsp.negotiation_routes import negotiation_router
+from connector.dsp.transfer_routes import transfer_router
 from connector.federated_crawler import FederatedCrawler
 from connector.management.assets import assets_router
 from connector.management.catalog import catalog_router as management_catalog_router
@@ -21,9 +22,11 @@ from connector.management.errors import install_management_error_handlers
 from connector.management.federated import federated_catalog_router
 from connector.management.negotiations import negotiations_router
 from connector.management.policies import policies_router
+from connector.management.transfers import transfers_router
 from connector.negotiation_worker import NegotiationWorker
 from connector.pages.routes import pages_router
 from connector.peers import peers_router
+from connector.transfer_worker import TransferWorker
 from identity.did import dsp_services
 from runtime.logging import get_logger
 from runtime.service import ServiceCore, base_app
@@ -34,14 +37,21 @@ def create_app(core: ServiceCore) -> FastAPI:
     interval = settings.catalog_crawl_interval_seconds
     crawler = FederatedCrawler(core.engine, core.peer_client, interval)
     worker = NegotiationWorker(core)
+    transfer_worker = TransferWorker(core)
     app = base_app(
         core,
         title=f"Tessera connector {settings.name}",
         services=dsp_services(settings.did, settings.public_url, settings.dsp_url),
-        background=[warm_policy_engine(core), worker.run, *([crawler.run] if interval > 0 else [])],
+        background=[
+            warm_policy_engine(core),
+            worker.run,
+            transfer_worker.run,
+            *([crawler.run] if interval > 0 else []),
+        ],
     )
     app.state.crawler = crawler
     app.state.negotiation_worker = worker
+    app.state.transfer_worker = transfer_worker
     install_management_error_handlers(app)
     install_dsp_error_handlers(app)
     app.include_router(discovery_router())
@@ -55,6 +65,8 @@ def create_app(core: ServiceCore) -> FastAPI:
     app.include_router(pages_router())
     app.include_router(federated_catalog_router())
     app.include_router(negotiations_router())
+    app.include_router(transfer_router())
+    app.include_router(transfers_router())
     return app
 
 

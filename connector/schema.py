@@ -10,6 +10,7 @@ from catalog.models import (
     CrawlStatusRow,
     PolicyDefinition,
 )
+from connector.transfer_models import TransferRow
 from contracts.models import AgreementRow, CasbinRuleRow, NegotiationRow, PolicyEngineVersionRow
 from identity.replay import SeenToken
 from identity.trustlist import Member
@@ -29,5 +30,6 @@ metadata = metadata_of(
         AgreementRow,
         CasbinRuleRow,
         PolicyEngineVersionRow,
+        TransferRow,
     ]
 )
