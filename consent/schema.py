@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from consent.accounts import CitizenAccount
+from consent.citizen_sessions import CitizenSession, PendingOidcSignIn
 from consent.models import (
     AgreementRevision,
     Citizen,
@@ -32,5 +34,8 @@ metadata = metadata_of(
         FeedHead,
         ConsentChange,
         TransferSummary,
+        CitizenAccount,
+        CitizenSession,
+        PendingOidcSignIn,
     ]
 )

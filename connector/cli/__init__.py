@@ -11,6 +11,7 @@ import sys
 import typer
 
 from connector.cli.catalog_commands import assets_app, register_catalog_commands
+from connector.cli.citizen_commands import citizen_app
 from connector.cli.contracts_commands import contracts_app
 from connector.cli.dataspace import dataspace_app
 from connector.cli.participant import consent_app, db_app, register_participant_commands
@@ -28,6 +29,7 @@ register_participant_commands(app)
 app.add_typer(db_app, name="db")
 app.add_typer(dataspace_app, name="dataspace")
 app.add_typer(consent_app, name="consent")
+consent_app.add_typer(citizen_app, name="citizen")
 app.add_typer(assets_app, name="assets")
 register_catalog_commands(app)
 app.add_typer(contracts_app, name="contracts")

@@ -26,7 +26,6 @@ from connector.pages.auth import (
     clear_cookie,
     login_csrf,
     login_csrf_matches,
-    read_form,
     safe_next,
     session_token,
     set_cookie,
@@ -42,9 +41,10 @@ from connector.pages.marketplace_view import (
     search,
 )
 from connector.pages.negotiation_routes import negotiation_pages_router
-from connector.pages.ratelimit import SlidingWindowLimiter
 from connector.pages.render import not_found_page, page, refused_page, stylesheet
 from runtime.dependencies import db_session, service_core
+from runtime.forms import read_form
+from runtime.ratelimit import SlidingWindowLimiter
 
 SIGN_IN_ATTEMPTS = 10
 SIGN_IN_WINDOW_SECONDS = 60.0
