@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import copy
 import json
+import threading
 from collections.abc import Callable
 from functools import cache
 from importlib import resources
 from typing import Any
 
+from cachetools import LRUCache
 from pyld import jsonld
 from pyld.context_resolver import ContextResolver
 
@@ -69,7 +71,40 @@ def vendored_contexts() -> dict[str, dict[str, Any]]:
         ODRL_CONTEXT_URL: ("contexts", "odrl.jsonld"),
         EDC_DSPACE_CONTEXT_URL: ("contexts", "edc-dspace-v1.jsonld"),
     }
-    return {url: json.loads(_package_text("catalog", *parts)) for url, parts in files.items()}
+    raw = {url: json.loads(_package_text("catalog", *parts)) for url, parts in files.items()}
+    return {
+        url: {**document, "@context": _merge_imports(document["@context"], raw)}
+        for url, document in raw.items()
+    }
+
+
+def _merge_imports(context: Any, documents: dict[str, dict[str, Any]]) -> Any:
+    """``context`` with every ``@import`` replaced by the imported context's terms (JSON-LD 1.1:
+    the importing context's own entries win). pyld implements ``@import`` by editing its cached copy
+    of the imported context in place, so a cached context would change between requests; merged
+    here once, nothing pyld sees ever imports and its context cache is safe to share."""
+    if isinstance(context, list):
+        return [_merge_imports(item, documents) for item in context]
+    if not isinstance(context, dict):
+        return context
+    merged = {
+        key: (
+            {**value, "@context": _merge_imports(value["@context"], documents)}
+            if isinstance(value, dict) and "@context" in value
+            else value
+        )
+        for key, value in context.items()
+        if key != "@import"
+    }
+    if "@import" not in context:
+        return merged
+    url = context["@import"]
+    imported = documents.get(url) if isinstance(url, str) else None
+    if imported is None or not isinstance(imported.get("@context"), dict):
+        raise JsonLdInputError(f"@import {url!r} is not a context Tessera knows", "@context")
+    if "@import" in imported["@context"]:
+        raise JsonLdInputError("an @import-ed context must not @import another", "@context")
+    return {**copy.deepcopy(imported["@context"]), **merged}
 
 
 def document_loader(url: str, options: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -86,6 +121,9 @@ def document_loader(url: str, options: dict[str, Any] | None = None) -> dict[str
         "contentType": "application/ld+json",
         "contextUrl": None,
         "documentUrl": url,
+        # pyld keeps a resolved remote context in a shared cache only when its document carries a tag
+        # looked up as "static": ours never change.
+        "tag": "static",
         # A copy: pyld edits an @import-ed context in place, which would change our vendored one.
         "document": copy.deepcopy(document),
     }
@@ -117,6 +155,24 @@ def jsonld_options() -> dict[str, Any]:
     }
 
 
+# Contexts resolved and processed once, shared by every Management API expansion. Safe because those
+# documents reach pyld with every context inlined and every @import merged (``_prepare``); bounded
+# because a client chooses the inline contexts it sends. pyld's caches are not thread-safe: one lock.
+_SHARED_CONTEXTS: LRUCache[str, Any] = LRUCache(maxsize=64)
+_SHARED_CONTEXTS_LOCK = threading.Lock()
+
+
+def _expand_with_shared_contexts(document: dict[str, Any]) -> list[Any]:
+    options = {
+        "documentLoader": document_loader,
+        "base": None,
+        "contextResolver": ContextResolver(_SHARED_CONTEXTS, document_loader),
+    }
+    with _SHARED_CONTEXTS_LOCK:
+        result: list[Any] = jsonld.expand(document, options)
+    return result
+
+
 def check_depth(value: Any, limit: int = MAX_DEPTH) -> None:
     """Refuse documents nested deeper than ``limit`` (iteratively: no recursion to exhaust),
     and text with NUL characters, which PostgreSQL cannot store (SQLite would: refuse on both)."""
@@ -146,16 +202,16 @@ def _drop_nulls(value: Any) -> Any:
 def _inline_known_contexts(context: Any) -> Any:
     """Replace known context URLs by their documents' contexts; refuse unknown URLs up front."""
     if isinstance(context, str):
-        document = vendored_contexts().get(context)
-        if document is None:
+        if context not in vendored_contexts():
             raise JsonLdInputError(
                 f"context {context!r} is not one Tessera knows; remote contexts are never fetched", "@context"
             )
-        return copy.deepcopy(document["@context"])
+        # Left as a URL: pyld resolves it through the loader once and caches it by URL.
+        return context
     if isinstance(context, list):
         return [_inline_known_contexts(item) for item in context]
     if isinstance(context, dict):
-        return {
+        inlined = {
             key: (
                 {**value, "@context": _inline_known_contexts(value["@context"])}
                 if isinstance(value, dict) and "@context" in value
@@ -163,6 +219,7 @@ def _inline_known_contexts(context: Any) -> Any:
             )
             for key, value in context.items()
         }
+        return _merge_imports(inlined, vendored_contexts())
     if context is None:
         return None
     raise JsonLdInputError("@context must be a string, an object or an array", "@context")
@@ -218,7 +275,7 @@ def expand_management_input(body: Any) -> dict[str, Any]:
     document["@context"] = _with_default_vocab(document.get("@context"))
     document = _prepare(document)
     try:
-        expanded = jsonld.expand(document, jsonld_options())
+        expanded = _expand_with_shared_contexts(document)
     except jsonld.JsonLdError as exc:
         raise JsonLdInputError(f"the body is not valid JSON-LD: {jsonld_reason(exc)}") from None
     if len(expanded) != 1 or not isinstance(expanded[0], dict):

@@ -259,7 +259,9 @@ def undeliverable(session: Session, row: NegotiationRow, reason: str) -> None:
 
 def _request_context(session: Session, did: str) -> RequestContext:
     member = get_member(session, did)
-    return RequestContext(participant_id=did, memberships=frozenset(member.memberships if member else ()))
+    return RequestContext(
+        participant_id=did, memberships=frozenset(member.memberships if member else ()), stage="negotiation"
+    )
 
 
 def _policy_decision(core: ServiceCore, policy_id: str, context: RequestContext) -> Decision:

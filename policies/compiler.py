@@ -28,7 +28,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from policies.decision import RequestContext, duration_seconds, parse_time
+from policies.decision import (
+    DEFERRED_OPERANDS,
+    RequestContext,
+    Truth,
+    combine,
+    duration_seconds,
+    parse_time,
+    resolve_unknown,
+)
 from policies.odrl import Atomic, Constraint, Policy, Rule
 
 # Request: (policy id, action, context). Rows: (policy id, action, rule ref, effect, revision, layout).
@@ -53,6 +61,8 @@ MATCHER_FUNCTION = "holds"
 LAYOUT = "1"
 
 Condition = Callable[[RequestContext], bool]
+# A constraint's truth for a request: None when unknown (its operand deferred or missing).
+TriCondition = Callable[[RequestContext], Truth]
 ANY_ACTION = ""  # the action field of rows that apply to every action
 ALLOW, DENY = "allow", "deny"
 MAX_VALUE = 512  # casbin_rule's v0..v5 columns
@@ -85,6 +95,13 @@ class CompiledPolicy:
 
 def _left(name: str) -> Callable[[RequestContext], Any]:
     """The request's value of a left operand, or MISSING (as decision._left_value)."""
+    get = _value_of(name)
+    if name not in DEFERRED_OPERANDS:
+        return get
+    return lambda c: MISSING if c.defers else get(c)
+
+
+def _value_of(name: str) -> Callable[[RequestContext], Any]:
     if name == "participantId":
         return lambda c: c.participant_id
     if name == "membership":
@@ -106,7 +123,7 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float)
 
 
-def _ordering(constraint: Atomic, get: Callable[[RequestContext], Any]) -> Condition:
+def _ordering(constraint: Atomic, get: Callable[[RequestContext], Any]) -> TriCondition:
     compare = _ORDER[constraint.operator]
     op, name = constraint.operator, constraint.left
     right_set = frozenset(constraint.right)
@@ -118,10 +135,10 @@ def _ordering(constraint: Atomic, get: Callable[[RequestContext], Any]) -> Condi
         right = MISSING if seconds is None else seconds
     typed = name in ("dateTime", "elapsedTime")
 
-    def check(context: RequestContext) -> bool:
+    def check(context: RequestContext) -> Truth:
         left = get(context)
         if left is MISSING:
-            return False
+            return None
         if isinstance(left, frozenset):  # a set: equality only
             return (left == right_set) if op == "eq" else (left != right_set) if op == "neq" else False
         if right is MISSING:
@@ -141,7 +158,7 @@ def _as_set(value: Any) -> frozenset[Any]:
     return frozenset((value,))
 
 
-def _set_operator(constraint: Atomic, get: Callable[[RequestContext], Any]) -> Condition:
+def _set_operator(constraint: Atomic, get: Callable[[RequestContext], Any]) -> TriCondition:
     right = frozenset(constraint.right)
     test: Callable[[frozenset[Any]], bool] = {
         "isAnyOf": lambda left: not right.isdisjoint(left),
@@ -151,34 +168,37 @@ def _set_operator(constraint: Atomic, get: Callable[[RequestContext], Any]) -> C
         "isPartOf": lambda left: left <= right,
     }[constraint.operator]
 
-    def check(context: RequestContext) -> bool:
+    def check(context: RequestContext) -> Truth:
         left = get(context)
-        return left is not MISSING and test(_as_set(left))
+        return None if left is MISSING else test(_as_set(left))
 
     return check
 
 
-def compile_constraint(constraint: Constraint) -> Condition:
+def compile_constraint(constraint: Constraint) -> TriCondition:
     if isinstance(constraint, Atomic):
         get = _left(constraint.left)
         if constraint.operator in _ORDER:
             return _ordering(constraint, get)
         return _set_operator(constraint, get)
     parts = tuple(compile_constraint(part) for part in constraint.parts)
-    if constraint.kind == "and":
-        return lambda context: all(part(context) for part in parts)
-    if constraint.kind == "or":
-        return lambda context: any(part(context) for part in parts)
-    return lambda context: sum(1 for part in parts if part(context)) == 1
+    kind = constraint.kind
+    return lambda context: combine(kind, [part(context) for part in parts])
 
 
 def compile_rule(rule: Rule) -> Condition:
+    """The rule's condition: its constraints' conjunction, an unknown read as the rule's kind requires."""
     parts = tuple(compile_constraint(c) for c in rule.constraints)
     if not parts:
         return _always
-    if len(parts) == 1:
-        return parts[0]
-    return lambda context: all(part(context) for part in parts)
+    kind = rule.kind
+    single = parts[0] if len(parts) == 1 else None
+
+    def holds(context: RequestContext) -> bool:
+        truth = single(context) if single is not None else combine("and", [part(context) for part in parts])
+        return resolve_unknown(kind, context) if truth is None else truth
+
+    return holds
 
 
 def _always(_context: RequestContext) -> bool:

@@ -17,7 +17,16 @@ Set operators read the left operand as a set (a single value is a set of one):
 ``isAnyOf`` — they share a value; ``isNoneOf`` — they share none;
 ``isAllOf`` and ``hasPart`` — the left holds every right value; ``isPartOf`` —
 every left value is among the right ones. ``eq`` on a set is set equality.
-An operand the context cannot supply fails its constraint: fail closed.
+
+Decision points (``RequestContext.stage``): at ``catalog`` and ``negotiation``
+only who asks and when are known; constraints on ``purpose``, ``elapsedTime``,
+``count`` and ``spatial`` are deferred to ``usage`` (each data access), where
+every operand is evaluated. A constraint whose operand is deferred or missing
+is *unknown*; rules read it so that nothing is let through on a guess: before
+usage a permission with an unknown constraint holds and a prohibition does not
+(both are checked again at each access); at usage an unknown constraint fails
+a permission and makes a prohibition apply (fail closed: a purpose that was not
+declared cannot escape a prohibition on purposes).
 """
 
 from __future__ import annotations
@@ -27,14 +36,18 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 from policies.odrl import Atomic, Constraint, Policy, Rule, rule_label
+
+Stage = Literal["catalog", "negotiation", "usage"]
+# Left operands known only when data is accessed under an agreement.
+DEFERRED_OPERANDS = frozenset({"purpose", "elapsedTime", "count", "spatial"})
 
 
 @dataclass(frozen=True)
 class RequestContext:
-    """What is known about a request when a policy is evaluated."""
+    """What is known about a request when a policy is evaluated, and at which decision point."""
 
     participant_id: str
     memberships: frozenset[str] = frozenset()
@@ -43,6 +56,17 @@ class RequestContext:
     agreed_at: datetime | None = None
     access_count: int | None = None
     location: str | None = None
+    stage: Stage = "usage"
+
+    @property
+    def defers(self) -> bool:
+        """Whether usage-time operands are deferred (catalog, negotiation) rather than required."""
+        return self.stage != "usage"
+
+
+def resolve_unknown(kind: str, context: RequestContext) -> bool:
+    """How a rule of ``kind`` reads an unknown constraint (see the module's docstring)."""
+    return context.defers if kind == "permission" else not context.defers
 
 
 @dataclass(frozen=True)
@@ -87,6 +111,8 @@ def duration_seconds(value: Any) -> float | None:
 def _left_value(constraint: Atomic, context: RequestContext) -> tuple[Any, str | None]:
     """The request's value for the left operand, or (None, why it is missing)."""
     name = constraint.left
+    if name in DEFERRED_OPERANDS and context.defers:
+        return None, f"{name} is checked at each data access"
     if name == "participantId":
         return context.participant_id, None
     if name == "membership":
@@ -150,11 +176,19 @@ def _shown(left: Any) -> Any:
     return sorted(left) if isinstance(left, frozenset) else left
 
 
-def _check_atomic(constraint: Atomic, context: RequestContext) -> str | None:
-    """None when the constraint holds; otherwise why it does not."""
+Truth = bool | None  # None: unknown (the operand is deferred or missing)
+
+
+def _check_atomic(constraint: Atomic, context: RequestContext) -> tuple[Truth, str | None]:
+    """(True, None) when the constraint holds; otherwise its truth and why it does not hold."""
     left, missing = _left_value(constraint, context)
     if missing is not None:
-        return f"{constraint.describe()} fails: {missing}"
+        return None, f"{constraint.describe()} is unknown: {missing}"
+    reason = _check_known(constraint, left)
+    return reason is None, reason
+
+
+def _check_known(constraint: Atomic, left: Any) -> str | None:
     op, right = constraint.operator, constraint.right
     compare = _ORDERINGS.get(op)
     if compare is not None:
@@ -181,23 +215,52 @@ def _check_atomic(constraint: Atomic, context: RequestContext) -> str | None:
     return f"{constraint.left} {_shown(left)!r} {_SET_PHRASES[op]} {wanted}"
 
 
-def check_constraint(constraint: Constraint, context: RequestContext) -> str | None:
+def combine(kind: str, truths: list[Truth]) -> Truth:
+    """Three-valued (Kleene) ``and``, ``or`` and ``xone``."""
+    true = sum(1 for t in truths if t is True)
+    unknown = any(t is None for t in truths)
+    if kind == "and":
+        return False if False in truths else None if unknown else True
+    if kind == "or":
+        return True if true else None if unknown else False
+    if true >= 2:  # xone
+        return False
+    return None if unknown else true == 1
+
+
+def evaluate_constraint(constraint: Constraint, context: RequestContext) -> tuple[Truth, str | None]:
+    """The constraint's truth for this request, and why it does not hold (None when it does)."""
     if isinstance(constraint, Atomic):
         return _check_atomic(constraint, context)
-    failures = [check_constraint(part, context) for part in constraint.parts]
-    passed = sum(1 for f in failures if f is None)
-    if constraint.kind == "and" and passed == len(failures):
+    results = [evaluate_constraint(part, context) for part in constraint.parts]
+    truth = combine(constraint.kind, [t for t, _ in results])
+    if truth is True:
+        return True, None
+    passed = sum(1 for t, _ in results if t is True)
+    detail = "; ".join(r for _, r in results if r) or f"{passed} alternatives hold"
+    return truth, f"{constraint.kind} {'fails' if truth is False else 'is unknown'} ({detail})"
+
+
+def rule_truth(rule: Rule, context: RequestContext) -> Truth:
+    return combine("and", [evaluate_constraint(c, context)[0] for c in rule.constraints])
+
+
+def rule_holds(rule: Rule, context: RequestContext) -> bool:
+    """Whether the rule applies to this request, an unknown constraint read as its kind requires."""
+    truth = rule_truth(rule, context)
+    return resolve_unknown(rule.kind, context) if truth is None else truth
+
+
+def check_constraint(constraint: Constraint, context: RequestContext, kind: str = "permission") -> str | None:
+    """None when the constraint counts as holding in a rule of ``kind``; otherwise why it does not."""
+    truth, reason = evaluate_constraint(constraint, context)
+    if truth is True or (truth is None and resolve_unknown(kind, context)):
         return None
-    if constraint.kind == "or" and passed >= 1:
-        return None
-    if constraint.kind == "xone" and passed == 1:
-        return None
-    detail = "; ".join(f for f in failures if f) or f"{passed} alternatives hold"
-    return f"{constraint.kind} fails ({detail})"
+    return reason
 
 
 def _rule_failures(rule: Rule, context: RequestContext) -> list[str]:
-    return [f for f in (check_constraint(c, context) for c in rule.constraints) if f is not None]
+    return [f for f in (check_constraint(c, context, rule.kind) for c in rule.constraints) if f is not None]
 
 
 Holds = Callable[[Rule], bool]
@@ -246,9 +309,13 @@ def refusal(policy: Policy, context: RequestContext, wanted: frozenset[str]) -> 
     if void is not None:
         return (f"the policy is void: {void}",)
     for index, prohibition in enumerate(policy.prohibitions):
-        if prohibition.action in wanted and not _rule_failures(prohibition, context):
+        if prohibition.action in wanted and rule_holds(prohibition, context):
             conditions = ", ".join(c.describe() for c in prohibition.constraints) or "unconditionally"
-            return (f"denied by {rule_label(prohibition, index)}: {conditions}",)
+            unknown = [
+                r for c in prohibition.constraints for t, r in [evaluate_constraint(c, context)] if t is None
+            ]
+            because = f" (it cannot be ruled out: {'; '.join(r for r in unknown if r)})" if unknown else ""
+            return (f"denied by {rule_label(prohibition, index)}: {conditions}{because}",)
     relevant = [(i, r) for i, r in enumerate(policy.permissions) if r.action in wanted]
     if not relevant:
         return (f"no permission covers the action {', '.join(sorted(wanted))}",)
@@ -261,9 +328,7 @@ def refusal(policy: Policy, context: RequestContext, wanted: frozenset[str]) -> 
 def decide(policy: Policy, context: RequestContext, actions: Iterable[str] = ("use",)) -> Decision:
     """Evaluate ``policy`` for a request by ``context``; the reasons name the rule and constraint."""
     wanted = frozenset(actions)
-    admitted = admission(
-        policy, wanted, lambda rule: all(check_constraint(c, context) is None for c in rule.constraints)
-    )
+    admitted = admission(policy, wanted, lambda rule: rule_holds(rule, context))
     if admitted is not None:
         return Decision(True, admitted)
     return Decision(False, refusal(policy, context, wanted))
@@ -299,7 +364,7 @@ def rule_checks(
         for index, rule in enumerate(rules):
             constraints = tuple(
                 ConstraintCheck(c.describe(), failure is None, failure)
-                for c, failure in ((c, check_constraint(c, context)) for c in rule.constraints)
+                for c, failure in ((c, check_constraint(c, context, rule.kind)) for c in rule.constraints)
             )
             checks.append(
                 RuleCheck(

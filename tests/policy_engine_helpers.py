@@ -87,4 +87,5 @@ def random_context(rng: random.Random) -> RequestContext:
         agreed_at=rng.choice((None, NOW - timedelta(hours=2), NOW - timedelta(days=3))),
         access_count=rng.choice((None, 0, 3, 10)),
         location=rng.choice((None, "north", "south")),
+        stage=rng.choice(("catalog", "negotiation", "usage", "usage")),
     )

@@ -322,3 +322,56 @@ def test_the_edc_sdk_form_decides_alike() -> None:
     assert sdk == one("membership", "isAllOf", ["a", "b"])
     assert admits(sdk, request("a", "b", "c"))
     assert not admits(sdk, request("a"))
+
+
+# ---------------------------------------------------------------- decision points (stages)
+
+MARKETING = constraint("purpose", "eq", "marketing")
+AT_MOST_3 = constraint("count", "lteq", 3)
+
+
+def test_usage_time_operands_are_deferred_before_usage_and_required_at_usage() -> None:
+    terms = policy([rule(TRANSPORT, AT_MOST_3, constraint("purpose", "eq", "traffic-planning"))])
+    # At negotiation only who asks is known: the membership decides, the rest waits for each access.
+    assert admits(terms, request("transport-operator", stage="negotiation"))
+    assert not admits(terms, request("utility", stage="negotiation"))
+    assert admits(terms, request("transport-operator", stage="catalog"))
+    # Values the context happens to carry are not used before usage either.
+    assert admits(terms, request("transport-operator", stage="negotiation", access_count=99))
+    # At usage every operand counts, and a missing one fails the permission.
+    assert admits(terms, request("transport-operator", purpose="traffic-planning", access_count=3))
+    assert not admits(terms, request("transport-operator", purpose="traffic-planning", access_count=4))
+    denied = decide(terms, request("transport-operator", access_count=0))
+    assert not denied.allowed
+    assert "no purpose was declared" in denied.explanation
+
+
+def test_a_prohibition_that_cannot_be_ruled_out_at_usage_denies() -> None:
+    no_marketing = policy([rule()], [rule(MARKETING)], conflict="prohibit")
+    assert admits(no_marketing, request(purpose="traffic-planning"))
+    assert not admits(no_marketing, request(purpose="marketing"))
+    # No purpose declared: the prohibition on marketing cannot be ruled out, so it applies (fail closed).
+    undeclared = decide(no_marketing, request())
+    assert not undeclared.allowed
+    assert "prohibition 1" in undeclared.explanation
+    assert "cannot be ruled out: " in undeclared.explanation
+    assert "no purpose was declared" in undeclared.explanation
+    # Before usage the prohibition waits for the access that declares a purpose.
+    assert admits(no_marketing, request(stage="negotiation"))
+
+
+@pytest.mark.parametrize(
+    ("kind", "memberships", "stage", "expected"),
+    [
+        ("or", {"transport-operator"}, "negotiation", True),  # one part holds: unknown others do not matter
+        ("or", {"utility"}, "negotiation", True),  # the other part is deferred: held until usage
+        ("or", {"utility"}, "usage", False),  # ... and at usage it is missing: fails
+        ("and", {"utility"}, "negotiation", False),  # one part is false: unknowns cannot save it
+        ("xone", {"transport-operator"}, "negotiation", True),  # unknown whether exactly one: deferred
+        ("xone", {"transport-operator"}, "usage", False),  # missing at usage: fails
+    ],
+)
+def test_logical_constraints_with_unknown_parts(
+    kind: str, memberships: set[str], stage: str, expected: bool
+) -> None:
+    assert admits(_logical(kind, TRANSPORT, AT_MOST_3), request(*memberships, stage=stage)) is expected

@@ -440,8 +440,17 @@ def test_explain_names_each_rule_and_constraint(make_connector: MakeConnector) -
     too_late = api.post(f"{POLICIES}/planning/explain", json={**later, "dateTime": "2027-06-01"}).json()
     assert too_late["allowed"] is False
     assert too_late["rules"][0]["constraints"][2]["holds"] is False
+    # At negotiation the purpose waits for each access: the transport operator is admitted without one.
+    negotiating = {**later, "stage": "negotiation"}
+    del negotiating["purpose"]
+    assert api.post(f"{POLICIES}/planning/explain", json=negotiating).json()["allowed"] is True
+    assert (
+        api.post(f"{POLICIES}/planning/explain", json={**negotiating, "stage": "usage"}).json()["allowed"]
+        is False
+    )
 
     for bad, named in [
+        ({**asked, "stage": "transfer"}, "stage"),
         ({"memberships": ["utility"]}, "participantId"),
         ({**asked, "memberships": "utility"}, "memberships"),
         ({**asked, "dateTime": "yesterday"}, "dateTime"),

@@ -42,7 +42,7 @@ def _catalog_error(status: int, *reasons: str) -> DspError:
 
 
 def request_context(peer: Peer) -> RequestContext:
-    return RequestContext(participant_id=peer.did, memberships=peer.memberships)
+    return RequestContext(participant_id=peer.did, memberships=peer.memberships, stage="catalog")
 
 
 def service_id(did: str) -> str:

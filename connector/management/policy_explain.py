@@ -13,11 +13,11 @@ from typing import Any
 
 from catalog.jsonld import EDC_RESPONSE_CONTEXT
 from connector.management.errors import ManagementApiError
-from policies.decision import RequestContext
+from policies.decision import RequestContext, Stage
 from policies.engine import Explanation
 
 EXPLAIN_FIELDS = frozenset(
-    {"participantId", "memberships", "purpose", "dateTime", "agreedAt", "count", "spatial", "action"}
+    {"participantId", "memberships", "purpose", "dateTime", "agreedAt", "count", "spatial", "action", "stage"}
 )
 IGNORED_FIELDS = frozenset({"@context", "@type"})
 
@@ -66,6 +66,17 @@ def _count(body: dict[str, Any]) -> int | None:
     return value
 
 
+STAGES: tuple[Stage, ...] = ("catalog", "negotiation", "usage")
+
+
+def _stage(body: dict[str, Any]) -> Stage:
+    value = body.get("stage", "usage")
+    for stage in STAGES:
+        if value == stage:
+            return stage
+    raise _bad(f"stage must be one of {', '.join(STAGES)}", "stage", value)
+
+
 def explain_request(body: Any) -> tuple[RequestContext, str]:
     """The request context and action an explain body describes; 400 naming what is wrong."""
     if not isinstance(body, dict):
@@ -87,6 +98,7 @@ def explain_request(body: Any) -> tuple[RequestContext, str]:
         agreed_at=_time(body, "agreedAt"),
         access_count=_count(body),
         location=_text(body, "spatial"),
+        stage=_stage(body),
     )
     return context, _text(body, "action") or "use"
 

@@ -195,7 +195,9 @@ def _audience(
     selecting = {d.id for d in definitions}
     rows = []
     for member in list_members(session):
-        context = RequestContext(participant_id=member.did, memberships=frozenset(member.memberships))
+        context = RequestContext(
+            participant_id=member.did, memberships=frozenset(member.memberships), stage="catalog"
+        )
         offering = Offering(session, context, engine)
         reasons = tuple(
             f"{outcome.contract_definition.id}: {outcome.decision.explanation}"
