@@ -27,6 +27,8 @@ from connector.dataplane.sources.base import (
     secret_file_resolver,
 )
 from connector.dataplane.sources.files import FileSource, open_file_source
+from connector.dataplane.sources.http import HttpSource, open_http_source
+from connector.dataplane.sources.mqtt import MqttSource, open_mqtt_source
 from connector.dataplane.sources.ranges import (
     ByteRange,
     RangeError,
@@ -34,6 +36,7 @@ from connector.dataplane.sources.ranges import (
     RangeNotSatisfiable,
     parse_range,
 )
+from connector.dataplane.sources.sensorthings import SensorThingsSource, open_sensorthings_source
 
 __all__ = [
     "AddressError",
@@ -41,10 +44,13 @@ __all__ = [
     "ConsumerRequest",
     "ConsumerRequestRefused",
     "FileSource",
+    "HttpSource",
+    "MqttSource",
     "RangeError",
     "RangeNotParsable",
     "RangeNotSatisfiable",
     "RangeNotSupported",
+    "SensorThingsSource",
     "Source",
     "SourceConfig",
     "SourceError",
@@ -85,4 +91,10 @@ async def open_source(
     kind = source_kind(plain)
     if kind == "File":
         return open_file_source(plain, config)
+    if kind == "HttpData":
+        return await open_http_source(plain, config, request)
+    if kind in ("SensorThings", "OgcSensorThings"):
+        return await open_sensorthings_source(plain, config)
+    if kind in ("Mqtt", "MQTT"):
+        return await open_mqtt_source(plain, config, stop)
     raise AddressError(f"data addresses of type {kind!r} are not supported")
