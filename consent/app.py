@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 
-<<<<<<< HEAD
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 from sqlmodel import Session
@@ -19,10 +18,8 @@ from consent.errors import ConsentError
 from consent.ratelimit import RateLimiter
 from consent.receipts import ReceiptSigner
 from consent.service import expire_due
-=======
 from consent.pages.routes import citizen_pages_router
 from consent.pages.sign_in_routes import sign_in_router
->>>>>>> consent-page
 from consent.settings import CONSENT_API_PATH, ConsentSettings
 from identity.did import consent_services
 from identity.peer_auth import Peer, authenticated_peer
@@ -74,12 +71,9 @@ def create_app(core: ServiceCore) -> FastAPI:
         return {"peer": peer.did, "consent_service": settings.did}
 
     app.include_router(api)
-<<<<<<< HEAD
     app.include_router(
         connector_router(index, RateLimiter(settings.decision_rate_per_second, settings.decision_burst))
     )
-=======
     app.include_router(sign_in_router(settings))
     app.include_router(citizen_pages_router())
->>>>>>> consent-page
     return app
