@@ -9,6 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
+from connector.consent_gate import consent_gate_for
 from connector.discovery import discovery_router
 from connector.dsp.catalog_routes import catalog_router
 from connector.dsp.errors import DspError, dsp_error_body, dsp_error_response, error_type_for_path
@@ -38,6 +39,7 @@ def create_app(core: ServiceCore) -> FastAPI:
     crawler = FederatedCrawler(core.engine, core.peer_client, interval)
     worker = NegotiationWorker(core)
     transfer_worker = TransferWorker(core)
+    consent_gate = consent_gate_for(core)
     app = base_app(
         core,
         title=f"Tessera connector {settings.name}",
@@ -47,8 +49,10 @@ def create_app(core: ServiceCore) -> FastAPI:
             worker.run,
             transfer_worker.run,
             *([crawler.run] if interval > 0 else []),
+            *([consent_gate.follow_changes] if consent_gate is not None else []),
         ],
     )
+    app.state.personal_gate = consent_gate  # None: the data plane's closed gate (nothing personal leaves)
     app.state.crawler = crawler
     app.state.negotiation_worker = worker
     app.state.transfer_worker = transfer_worker

@@ -15,11 +15,11 @@ from sqlmodel import Session
 from consent.api import connector_router, error_response
 from consent.decisions import DecisionIndex
 from consent.errors import ConsentError
+from consent.pages.routes import citizen_pages_router
+from consent.pages.sign_in_routes import sign_in_router
 from consent.ratelimit import RateLimiter
 from consent.receipts import ReceiptSigner
 from consent.service import expire_due
-from consent.pages.routes import citizen_pages_router
-from consent.pages.sign_in_routes import sign_in_router
 from consent.settings import CONSENT_API_PATH, ConsentSettings
 from identity.did import consent_services
 from identity.peer_auth import Peer, authenticated_peer

@@ -1,0 +1,217 @@
+"""Consent-gated release: the data plane's personal-data gate, answered by the citizen consent service.
+
+``ConsentGate`` implements ``PersonalDataGate`` with ``consent.client``: controller = this
+connector's DID, recipient = the consuming participant, purpose = the agreed purpose, dataset =
+the asset. Subject ids are turned into keyed hashes by the client before anything leaves the
+connector; nothing here logs them.
+
+Withdrawal: the gate keeps no answers across releases. Each release (one pull, one push, one
+live stream) gets a ``ReleaseGate`` that may reuse an answer for a subject for at most
+``memo_seconds`` (1 s by default), and drops every reused answer as soon as the consent
+service's change feed reports a change. So a release that starts after a withdrawal was
+confirmed never releases the withdrawn subject, and a running release stops releasing it for
+every record decided more than ``memo_seconds`` after the confirmation (sooner when the feed is
+connected).
+
+Every failure to get an answer (service not configured right, unreachable, slow, garbage, a
+refusal such as "no data agreement for this purpose") raises ``GateFailure`` with a reason: the
+data plane releases nothing more and the transfer is ended with that reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import weakref
+from collections.abc import Sequence
+from typing import Any
+
+from fastapi.concurrency import run_in_threadpool
+from sqlmodel import Session
+
+from connector.dataplane.gate import GateContext, GateDecision, GateFailure
+from connector.dataplane.gated_stream import GateGarbage, GateUnavailable
+from consent.client import (
+    ConsentClient,
+    ConsentRequestRefused,
+    ConsentServiceError,
+    ConsentUnavailable,
+)
+from consent.settings import CONSENT_API_PATH
+from identity.trustlist import get_member
+from runtime.logging import get_logger
+from runtime.service import ServiceCore
+
+log = get_logger("tessera.consent_gate")
+WITHHELD_REASON = "no valid consent (unknown, refused, withdrawn or expired)"
+DEFAULT_MEMO_SECONDS = 1.0
+MEMO_PRUNE_AT = 200_000  # a release's reused answers: drop the expired ones beyond this many
+
+
+class FeedAwareClient(ConsentClient):
+    """The consent client, counting the change-feed events that may change an answer."""
+
+    generation = 0
+
+    def apply_change(self, kind: str, seq: int, data: dict[str, Any]) -> None:
+        super().apply_change(kind, seq, data)
+        if kind != "head":
+            self.generation += 1
+
+
+class ConsentGate:
+    """One per connector app: the consent client (connected on first use) and its change feed."""
+
+    def __init__(
+        self,
+        core: ServiceCore,
+        service_url: str,
+        service_did: str,
+        *,
+        memo_seconds: float = DEFAULT_MEMO_SECONDS,
+        timeout: float = 5.0,
+    ) -> None:
+        self._core = core
+        self._api = service_url.rstrip("/") + CONSENT_API_PATH
+        self.service_did = service_did
+        self.memo_seconds = memo_seconds
+        self._timeout = timeout
+        self._client: FeedAwareClient | None = None
+        self._connecting: asyncio.Lock | None = None
+        self._releases: weakref.WeakSet[ReleaseGate] = weakref.WeakSet()
+
+    @property
+    def generation(self) -> int:
+        return self._client.generation if self._client is not None else 0
+
+    def for_release(self) -> ReleaseGate:
+        """The gate one release uses: answers reused within it only, never across releases."""
+        release = ReleaseGate(self)
+        self._releases.add(release)
+        return release
+
+    async def client(self) -> FeedAwareClient:
+        """The connected client; GateFailure when the service cannot be used (fail closed)."""
+        if self._client is not None:
+            return self._client
+        if self._connecting is None:
+            self._connecting = asyncio.Lock()
+        async with self._connecting:
+            if self._client is None:
+                await run_in_threadpool(self._check_trusted)
+                try:
+                    client = await FeedAwareClient.connect(
+                        self._core.peer_client,
+                        self.service_did,
+                        self._api,
+                        cache_ttl=0,  # answers are reused per release only (ReleaseGate)
+                        timeout=self._timeout,
+                    )
+                except ConsentServiceError as exc:
+                    raise _failure(exc) from None
+                assert isinstance(client, FeedAwareClient)
+                self._client = client
+            return self._client
+
+    def _check_trusted(self) -> None:
+        with Session(self._core.engine) as session:
+            member = get_member(session, self.service_did)
+        if member is None:
+            raise GateFailure(f"the consent service {self.service_did} is not on the trust list")
+
+    async def decide(self, subjects: Sequence[str], context: GateContext) -> GateDecision:
+        """A fresh answer from the consent service for ``subjects`` (raw ids, hashed by the client)."""
+        client = await self.client()
+        if context.controller != client.controller:
+            raise GateFailure("the release is not this connector's data: consent is not asked for it")
+        if not context.purpose:
+            raise GateFailure("the agreement names no purpose: personal data is released for a purpose only")
+        try:
+            answer = await client.decide(
+                context.recipient, context.purpose, context.dataset_id, subjects, fresh=True
+            )
+        except ConsentServiceError as exc:
+            raise _failure(exc) from None
+        decision_id = "+".join(answer.decision_ids) or "consent"
+        return GateDecision(answer.allowed, decision_id, WITHHELD_REASON if answer.withheld else None)
+
+    async def follow_changes(self) -> None:
+        """A background job: follow the change feed (reconnecting) so reused answers drop at once."""
+        while True:
+            try:
+                client = await self.client()
+            except GateFailure as exc:
+                log.warning("consent service not reachable; answers are not reused", reason=exc.reason)
+                await asyncio.sleep(5.0)
+                continue
+            try:
+                await client.follow_changes()
+            finally:
+                await self.aclose()
+
+    async def aclose(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aclose()
+
+
+class ReleaseGate:
+    """The gate of one release: an answer per subject is reused for at most ``memo_seconds``."""
+
+    def __init__(self, gate: ConsentGate) -> None:
+        self._gate = gate
+        self._seen = gate.generation
+        # raw subject id -> (allowed, when asked (monotonic), the decision's id)
+        self._memo: dict[str, tuple[bool, float, str]] = {}
+
+    async def decide(self, subjects: Sequence[str], context: GateContext) -> GateDecision:
+        self._forget_if_changed()
+        now = time.monotonic()
+        oldest = now - self._gate.memo_seconds
+        if len(self._memo) > MEMO_PRUNE_AT:
+            self._memo = {s: e for s, e in self._memo.items() if e[1] > oldest}
+        ask = [s for s in subjects if (entry := self._memo.get(s)) is None or entry[1] <= oldest]
+        if ask:
+            await self._ask(ask, context, now)
+            if self._forget_if_changed(keep=ask):  # a change arrived meanwhile: re-ask the older answers
+                again = [s for s in subjects if s not in self._memo]
+                if again:
+                    await self._ask(again, context, time.monotonic())
+        memo = self._memo
+        released = frozenset(s for s in subjects if memo[s][0])
+        ids = sorted({memo[s][2] for s in subjects})
+        reason = WITHHELD_REASON if len(released) < len(subjects) else None
+        return GateDecision(released, "+".join(ids), reason)
+
+    async def _ask(self, subjects: list[str], context: GateContext, asked_at: float) -> None:
+        answer = await self._gate.decide(subjects, context)
+        for subject in subjects:
+            self._memo[subject] = (subject in answer.released, asked_at, answer.decision_id)
+
+    def _forget_if_changed(self, keep: Sequence[str] = ()) -> bool:
+        """Drop reused answers (but ``keep``) when the change feed reported a change since we looked."""
+        generation = self._gate.generation
+        if generation == self._seen:
+            return False
+        self._seen = generation
+        kept = {s: self._memo[s] for s in keep if s in self._memo}
+        self._memo = kept
+        return True
+
+
+def _failure(exc: ConsentServiceError) -> GateFailure:
+    if isinstance(exc, ConsentRequestRefused):
+        return GateFailure(f"the consent service refused the question: {exc}")
+    message = str(exc)
+    if isinstance(exc, ConsentUnavailable) and ("decision" in message or "key" in message):
+        return GateGarbage(f"the consent service answered garbage: {message}")
+    return GateUnavailable(f"consent service unavailable: {message}")
+
+
+def consent_gate_for(core: ServiceCore) -> ConsentGate | None:
+    """The gate the connector's settings configure; None (the data plane's closed gate) without them."""
+    url = getattr(core.settings, "consent_service_url", None)
+    did = getattr(core.settings, "consent_service_did", None)
+    if not url or not did:
+        return None
+    return ConsentGate(core, url, did)
