@@ -10,6 +10,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from connector.consent_gate import consent_gate_for
+from connector.dataplane.public_routes import public_router
 from connector.discovery import discovery_router
 from connector.dsp.catalog_routes import catalog_router
 from connector.dsp.errors import DspError, dsp_error_body, dsp_error_response, error_type_for_path
@@ -71,6 +72,7 @@ def create_app(core: ServiceCore) -> FastAPI:
     app.include_router(negotiations_router())
     app.include_router(transfer_router())
     app.include_router(transfers_router())
+    app.include_router(public_router())
     return app
 
 

@@ -209,7 +209,6 @@ def undeliverable(session: Session, row: TransferRow, reason: str) -> None:
     row.error_detail = reason[:4000]
     row.pending_message = None
     row.next_attempt_at = None
-    row.token_id = None
     _touch(row)
     session.add(row)
     session.commit()
@@ -400,8 +399,6 @@ def receive(
     elif kind is Message.START and row.error_detail and row.error_detail.startswith("suspended "):
         row.error_detail = None
     row.state = after.value
-    if after in TERMINAL:
-        row.token_id = None
     pending = pending_of(row)
     if pending is not None:
         try:  # our own queued message may no longer make sense in the new state

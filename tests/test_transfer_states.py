@@ -29,7 +29,9 @@ EVERY = [(s, m, r) for s in [None, *State] for m in Message for r in Role]
 
 
 @pytest.mark.parametrize(("state", "message", "sender"), EVERY, ids=lambda v: str(v))
-def test_exactly_the_diagrams_transitions_are_allowed(state: State | None, message: Message, sender: Role) -> None:
+def test_exactly_the_diagrams_transitions_are_allowed(
+    state: State | None, message: Message, sender: Role
+) -> None:
     expected = ALLOWED.get((state, message, sender))
     if expected is not None:
         assert transition(state, message, sender) is expected
@@ -39,7 +41,9 @@ def test_exactly_the_diagrams_transitions_are_allowed(state: State | None, messa
 
 
 def test_refusals_say_why() -> None:
-    with pytest.raises(TransitionError, match="a consumer cannot send TransferStartMessage in state REQUESTED"):
+    with pytest.raises(
+        TransitionError, match="a consumer cannot send TransferStartMessage in state REQUESTED"
+    ):
         transition(State.REQUESTED, Message.START, C)
     with pytest.raises(TransitionError, match="the transfer is COMPLETED; it accepts no more messages"):
         transition(State.COMPLETED, Message.TERMINATION, P)
