@@ -22,15 +22,17 @@ from __future__ import annotations
 
 import asyncio
 import time
-import weakref
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from fastapi.concurrency import run_in_threadpool
 from sqlmodel import Session
 
-from connector.dataplane.gate import GateContext, GateDecision, GateFailure
-from connector.dataplane.gated_stream import GateGarbage, GateUnavailable
+from connector.agreed_purpose import PurposeNotBound, consent_purpose
+from connector.dataplane.gate import GateContext, GateDecision, GateFailure, PersonalDataGate
+from connector.dataplane.gated_stream import GatedStream, GateGarbage, GateUnavailable
+from connector.transfer_models import TransferRow
 from consent.client import (
     ConsentClient,
     ConsentRequestRefused,
@@ -38,6 +40,8 @@ from consent.client import (
     ConsentUnavailable,
 )
 from consent.settings import CONSENT_API_PATH
+from consent.transfers import MAX_REPORT_SUBJECTS
+from contracts.agreements import get_agreement
 from identity.trustlist import get_member
 from runtime.logging import get_logger
 from runtime.service import ServiceCore
@@ -46,6 +50,8 @@ log = get_logger("tessera.consent_gate")
 WITHHELD_REASON = "no valid consent (unknown, refused, withdrawn or expired)"
 DEFAULT_MEMO_SECONDS = 1.0
 MEMO_PRUNE_AT = 200_000  # a release's reused answers: drop the expired ones beyond this many
+LIVE_FLUSH_SECONDS = 0.5  # a live stream's record waits at most this long for its batch's decision
+REPORT_ATTEMPTS = 4
 
 
 class FeedAwareClient(ConsentClient):
@@ -57,6 +63,19 @@ class FeedAwareClient(ConsentClient):
         super().apply_change(kind, seq, data)
         if kind != "head":
             self.generation += 1
+
+    async def report_transfer(self, body: dict[str, Any]) -> None:
+        """Send one transfer summary (subject hashes and record counts); ConsentServiceError if refused."""
+        try:
+            response = await self._http.post(
+                f"{self._api}/transfer-summaries",
+                json=body,
+                headers={"Authorization": self._peers.authorization_for(self._audience)},
+            )
+        except Exception as exc:
+            raise ConsentUnavailable(f"the consent service cannot be reached: {type(exc).__name__}") from None
+        if response.status_code != 200:
+            raise ConsentUnavailable(f"the consent service answered HTTP {response.status_code}")
 
 
 class ConsentGate:
@@ -78,7 +97,7 @@ class ConsentGate:
         self._timeout = timeout
         self._client: FeedAwareClient | None = None
         self._connecting: asyncio.Lock | None = None
-        self._releases: weakref.WeakSet[ReleaseGate] = weakref.WeakSet()
+        self._reports: set[asyncio.Task[None]] = set()
 
     @property
     def generation(self) -> int:
@@ -86,9 +105,7 @@ class ConsentGate:
 
     def for_release(self) -> ReleaseGate:
         """The gate one release uses: answers reused within it only, never across releases."""
-        release = ReleaseGate(self)
-        self._releases.add(release)
-        return release
+        return ReleaseGate(self)
 
     async def client(self) -> FeedAwareClient:
         """The connected client; GateFailure when the service cannot be used (fail closed)."""
@@ -112,6 +129,61 @@ class ConsentGate:
                 assert isinstance(client, FeedAwareClient)
                 self._client = client
             return self._client
+
+    def check_purpose(self, context: GateContext) -> None:
+        """GateFailure unless the transfer's agreement binds the consumer to the declared purpose."""
+        with Session(self._core.engine) as session:
+            row = session.get(TransferRow, context.transfer_id)
+            agreement = get_agreement(session, row.agreement_id) if row is not None else None
+        if agreement is None:
+            raise GateFailure(f"transfer {context.transfer_id} has no agreement here")
+        try:
+            consent_purpose(agreement, context.purpose)
+        except PurposeNotBound as exc:
+            raise GateFailure(str(exc)) from None
+
+    def report(self, context: GateContext, release_id: str, counts: dict[str, int]) -> None:
+        """Send the release's transfer summary in the background (retried; failures are logged)."""
+        task = asyncio.get_running_loop().create_task(self._send_report(context, release_id, counts))
+        self._reports.add(task)
+        task.add_done_callback(self._reports.discard)
+
+    async def _send_report(self, context: GateContext, release_id: str, counts: dict[str, int]) -> None:
+        by_hash: dict[str, int] = {}
+        try:
+            client = await self.client()
+        except GateFailure as exc:
+            log.warning("transfer summary not sent", transfer=context.transfer_id, reason=exc.reason)
+            return
+        for subject, records in counts.items():
+            subject_hash = client.pseudonym(subject)
+            by_hash[subject_hash] = by_hash.get(subject_hash, 0) + records
+        items = [{"subject": h, "records": n} for h, n in by_hash.items()]
+        stamp = datetime.now(UTC).isoformat()
+        for start in range(0, len(items), MAX_REPORT_SUBJECTS):
+            body = {
+                "transfer_id": release_id,
+                "recipient": context.recipient,
+                "purpose": context.purpose,
+                "dataset": context.dataset_id,
+                "transferred_at": stamp,
+                "subjects": items[start : start + MAX_REPORT_SUBJECTS],
+            }
+            for attempt in range(REPORT_ATTEMPTS):
+                try:
+                    await client.report_transfer(body)
+                    break
+                except ConsentServiceError as exc:
+                    if attempt == REPORT_ATTEMPTS - 1:
+                        log.warning("transfer summary not sent", transfer=context.transfer_id, error=str(exc))
+                        return
+                    await asyncio.sleep(0.5 * 2**attempt)
+        log.info("transfer summary sent", transfer=context.transfer_id, subjects=len(items))
+
+    async def reports_sent(self) -> None:
+        """Wait for the summaries under way (tests, shutdown)."""
+        while self._reports:
+            await asyncio.gather(*list(self._reports), return_exceptions=True)
 
     def _check_trusted(self) -> None:
         with Session(self._core.engine) as session:
@@ -161,10 +233,15 @@ class ReleaseGate:
     def __init__(self, gate: ConsentGate) -> None:
         self._gate = gate
         self._seen = gate.generation
+        self.release_id = f"{time.time_ns() // 1_000_000:x}"  # the summary's id within its transfer
+        self._purpose_checked = False
         # raw subject id -> (allowed, when asked (monotonic), the decision's id)
         self._memo: dict[str, tuple[bool, float, str]] = {}
 
     async def decide(self, subjects: Sequence[str], context: GateContext) -> GateDecision:
+        if not self._purpose_checked:
+            await run_in_threadpool(self._gate.check_purpose, context)
+            self._purpose_checked = True
         self._forget_if_changed()
         now = time.monotonic()
         oldest = now - self._gate.memo_seconds
@@ -188,6 +265,9 @@ class ReleaseGate:
         for subject in subjects:
             self._memo[subject] = (subject in answer.released, asked_at, answer.decision_id)
 
+    def report(self, context: GateContext, counts: dict[str, int]) -> None:
+        self._gate.report(context, f"{context.transfer_id}.{self.release_id}", counts)
+
     def _forget_if_changed(self, keep: Sequence[str] = ()) -> bool:
         """Drop reused answers (but ``keep``) when the change feed reported a change since we looked."""
         generation = self._gate.generation
@@ -206,6 +286,18 @@ def _failure(exc: ConsentServiceError) -> GateFailure:
     if isinstance(exc, ConsentUnavailable) and ("decision" in message or "key" in message):
         return GateGarbage(f"the consent service answered garbage: {message}")
     return GateUnavailable(f"consent service unavailable: {message}")
+
+
+def open_release(gate: PersonalDataGate) -> PersonalDataGate:
+    """The gate one release passes: a consent gate's per-release gate, any other gate as it is."""
+    return gate.for_release() if isinstance(gate, ConsentGate) else gate
+
+
+def report_release(stream: GatedStream) -> None:
+    """After a release through the consent gate: tell the consent service whose records went where."""
+    gate = stream.gate
+    if isinstance(gate, ReleaseGate) and stream.released_by_subject:
+        gate.report(stream.context, dict(stream.released_by_subject))
 
 
 def consent_gate_for(core: ServiceCore) -> ConsentGate | None:

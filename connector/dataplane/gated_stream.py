@@ -86,10 +86,20 @@ class GatedStream:
         except RecordFormatError as exc:
             raise UnfilterableData(str(exc)) from None
         self.counters = GateCounters()
+        # subject → its records released (the consent report's per-subject counts; never logged)
+        self.released_by_subject: dict[str, int] = {}
         self._raws: list[bytes] = []
         self._subjects: list[str | None] = []
         self._wrote_header = False
         self._wrote_record = False
+
+    @property
+    def gate(self) -> PersonalDataGate:
+        return self._gate
+
+    @property
+    def context(self) -> GateContext:
+        return self._context
 
     async def filter(self, chunks: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
         """The admitted records of ``chunks``, in the same format (whole records only).
@@ -197,11 +207,12 @@ class GatedStream:
             return []
         decision = await self._ask(asked)
         released = decision.released
-        kept = [
-            raw
-            for raw, subject in zip(raws, subjects, strict=True)
-            if subject is not None and subject in released
-        ]
+        kept: list[bytes] = []
+        by_subject = self.released_by_subject
+        for raw, subject in zip(raws, subjects, strict=True):
+            if subject is not None and subject in released:
+                kept.append(raw)
+                by_subject[subject] = by_subject.get(subject, 0) + 1
         decided = len(subjects) - missing
         withheld = decided - len(kept)
         counters.released += len(kept)

@@ -29,6 +29,7 @@ from sqlmodel import Session
 
 from catalog.assets import AssetRecord
 from catalog.dcat import validate_metadata
+from connector.consent_gate import LIVE_FLUSH_SECONDS, open_release, report_release
 from connector.data_access import AccessDenied, add_bytes, authorize, refresh, uncount
 from connector.dataplane.gate import (
     CLOSED_GATE_REASON,
@@ -97,15 +98,21 @@ def _gated(
     request: Request, core: ServiceCore, transfer: TransferRow, asset: AssetRecord, source: Source
 ) -> tuple[GatedStream, bool]:
     meta = validate_metadata(asset.properties)
-    gate = personal_gate(request)
+    gate = open_release(personal_gate(request))  # consent: answers reused within this release only
     context = GateContext(
         controller=core.settings.did,
         recipient=transfer.counter_party_did,
-        purpose=meta.consent_purpose or transfer.purpose or "",
+        purpose=transfer.purpose or "",  # the consent gate checks that the agreement binds it
         dataset_id=asset.id,
         transfer_id=transfer.id,
     )
-    stream = GatedStream(gate, context, media_type=source.media_type, subject_field=meta.subject_field or "")
+    stream = GatedStream(
+        gate,
+        context,
+        media_type=source.media_type,
+        subject_field=meta.subject_field or "",
+        flush_after=LIVE_FLUSH_SECONDS if source.live else None,  # a live record waits at most this long
+    )
     return stream, isinstance(gate, ClosedGate)
 
 
@@ -190,6 +197,8 @@ def public_router() -> APIRouter:
             finally:
                 await source.aclose()
                 await run_in_threadpool(counted.record, note)
+                if gated is not None:
+                    report_release(gated)  # the citizens' "who received my data" (consent service)
 
         status = 206 if byte_range is not None else 200
         return StreamingResponse(body(), status_code=status, media_type=source.media_type, headers=headers)
