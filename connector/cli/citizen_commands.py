@@ -132,4 +132,4 @@ def list_command(data_dir: DirOption = Path(".")) -> None:
         citizens = list_citizens(session)
     for citizen in citizens:
         ways = [w for w, on in (("password", citizen.has_password), ("oidc", citizen.oidc_linked)) if on]
-        console.print(f"{citizen.name}\t{citizen.id}\t{','.join(ways) or 'none'}", highlight=False)
+        typer.echo(f"{citizen.name}\t{citizen.id}\t{','.join(ways) or 'none'}")  # tab-separated, for scripts

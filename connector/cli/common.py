@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from runtime.settings import ParticipantSettings, load_settings
+from runtime.settings import ParticipantSettings, kind_of, load_settings
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -18,7 +18,11 @@ DirOption = Annotated[
 
 
 def participant_settings(data_dir: Path) -> ParticipantSettings:
-    """Settings of whichever kind of participant lives in ``data_dir``."""
+    """Settings of whichever kind of participant lives in ``data_dir`` (with that kind's own settings)."""
+    if kind_of(data_dir) == "consent":
+        from consent.settings import load_consent_settings
+
+        return load_consent_settings(data_dir)
     return load_settings(ParticipantSettings, data_dir)
 
 
