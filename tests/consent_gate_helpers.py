@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,7 +54,7 @@ from tests.catalog_helpers import (
 )
 from tests.conftest import free_port
 from tests.helpers import Served, serving
-from tests.negotiation_helpers import Node, run_cli, running
+from tests.negotiation_helpers import Node, run_cli
 from tests.transfer_helpers import TransferPair
 
 PURPOSE = "traffic-planning"
@@ -107,7 +108,9 @@ class ConsentSpace:
 
     def start_consent(self) -> None:
         self.consent_stack = ExitStack()
-        self.consent_served = self.consent_stack.enter_context(serving(self.consent.data_dir, self.consent.port))
+        self.consent_served = self.consent_stack.enter_context(
+            serving(self.consent.data_dir, self.consent.port, None, 120)
+        )
 
     # ---- what transit's operator and the citizens do at the consent service
 
@@ -213,7 +216,9 @@ class ConsentSpace:
 
 def trips(*cards: str, each: int = 3) -> list[dict[str, Any]]:
     return [
-        {"card_id": card, "from": "Central", "to": "University", "n": n} for card in cards for n in range(each)
+        {"card_id": card, "from": "Central", "to": "University", "n": n}
+        for card in cards
+        for n in range(each)
     ]
 
 
@@ -276,15 +281,22 @@ def consent_space(
     )  # fmt: skip
     assert result.code == 0, result.stderr
     point_at_consent_service(transit, consent_url, consent_did)
-    consent_stack = ExitStack()
     with ExitStack() as stack:
-        stack.callback(lambda: space.consent_stack.close())
-        served = consent_stack.enter_context(serving(consent.data_dir, consent.port))
-        with running(stack, transit, city):
-            pass
+        consent_stack = ExitStack()
+        served = consent_stack.enter_context(serving(consent.data_dir, consent.port, None, 120))
+        holder: list[ConsentSpace] = []
+        stack.callback(lambda: holder[0].consent_stack.close() if holder else consent_stack.close())
+        with ThreadPoolExecutor(max_workers=2) as pool:  # the machine may be loaded: a generous start-up
+            started = [
+                pool.submit(stack.enter_context, serving(n.data_dir, n.port, None, 120))
+                for n in (transit, city)
+            ]
+        for future in started:
+            future.result()
         pair = TransferPair(
             transit, city, stack.enter_context(transit.api()), stack.enter_context(city.api()), database
         )
         space = ConsentSpace(consent, pair, consent_stack, served)
+        holder.append(space)
         space.agreement_id = space.register_agreement()
         yield space

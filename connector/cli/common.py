@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from runtime.settings import ParticipantSettings, kind_of, load_settings
+from runtime.settings import ParticipantSettings, kind_of
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -23,7 +23,9 @@ def participant_settings(data_dir: Path) -> ParticipantSettings:
         from consent.settings import load_consent_settings
 
         return load_consent_settings(data_dir)
-    return load_settings(ParticipantSettings, data_dir)
+    from connector.settings import load_connector_settings
+
+    return load_connector_settings(data_dir)
 
 
 def open_database(settings: ParticipantSettings) -> Engine:
