@@ -27,7 +27,9 @@ def space(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     factory: Callable[[], str] | None = None
     if request.param == "postgresql":
         factory = request.getfixturevalue("pg_database_factory")
-    with consent_space(tmp_path_factory.mktemp(f"consent-gate-{request.param}"), request.param, factory) as made:
+    with consent_space(
+        tmp_path_factory.mktemp(f"consent-gate-{request.param}"), request.param, factory
+    ) as made:
         yield made
 
 
@@ -128,7 +130,9 @@ def test_consent_service_down_releases_nothing_and_says_why(space: ConsentSpace)
         ended = wait_state(space.pair.capi, provider_id, "TERMINATED")
         assert "consent service unavailable" in ended["errorDetail"]
         assert "cannot be reached" in ended["errorDetail"]
-        assert "the personal-data gate" in wait_state(space.pair.tapi, consumer_id, "TERMINATED")["errorDetail"]
+        assert (
+            "the personal-data gate" in wait_state(space.pair.tapi, consumer_id, "TERMINATED")["errorDetail"]
+        )
     finally:
         space.start_consent()
 
