@@ -21,6 +21,7 @@ data plane releases nothing more and the transfer is ended with that reason.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -283,9 +284,9 @@ def _failure(exc: ConsentServiceError) -> GateFailure:
     if isinstance(exc, ConsentRequestRefused):
         return GateFailure(f"the consent service refused the question: {exc}")
     message = str(exc)
-    if isinstance(exc, ConsentUnavailable) and ("decision" in message or "key" in message):
-        return GateGarbage(f"the consent service answered garbage: {message}")
-    return GateUnavailable(f"consent service unavailable: {message}")
+    if "cannot be reached" in message or re.search(r"HTTP 5\d\d", message):
+        return GateUnavailable(f"consent service unavailable: {message}")
+    return GateGarbage(f"the consent service answered garbage: {message}")
 
 
 def open_release(gate: PersonalDataGate) -> PersonalDataGate:

@@ -14,6 +14,7 @@ in the consumer's (its ``transit`` field).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -26,6 +27,12 @@ from typing import Any
 import httpx
 from sqlalchemy import Engine
 from sqlmodel import Session
+from starlette.applications import Starlette
+from starlette.background import BackgroundTask
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, StreamingResponse
+from starlette.responses import Response as StarletteResponse
+from starlette.routing import Route
 
 from consent.agreements import AgreementTerms
 from consent.receipts import ReceiptSigner
@@ -53,6 +60,7 @@ from tests.catalog_helpers import (
     rule,
 )
 from tests.conftest import free_port
+from tests.dataplane_helpers import serving as serving_app
 from tests.helpers import Served, serving
 from tests.negotiation_helpers import Node, run_cli
 from tests.transfer_helpers import TransferPair
@@ -73,12 +81,66 @@ AGREEMENT_TERMS: dict[str, Any] = {
 }
 
 
+class ConsentProxy:
+    """A real HTTP server in front of the consent service: forwards everything, or misbehaves on decisions.
+
+    ``mode``: ``forward``; ``slow`` (decisions never answer); ``html`` (a 200 page that is not JSON);
+    ``foreign`` (a well-formed decision releasing a subject nobody asked about).
+    """
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream
+        self.mode = "forward"
+        self.app = Starlette(routes=[Route("/{path:path}", self._handle, methods=["GET", "POST", "PUT"])])
+
+    async def _handle(self, request: Request) -> StarletteResponse:
+        if request.url.path.endswith("/decisions") and self.mode != "forward":
+            asked = json.loads(await request.body())
+            if self.mode == "slow":
+                await asyncio.sleep(3600)
+            if self.mode == "html":
+                return HTMLResponse("<html><body>Service temporarily redirected</body></html>")
+            answer = {k: asked[k] for k in ("controller", "recipient", "purpose", "dataset")}
+            answer.update(decision_id="d-1", revision=1, allowed=asked["subjects"] + ["f" * 64])
+            return JSONResponse(answer)
+        client = httpx.AsyncClient(timeout=None)
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in ("host", "content-length")}
+        outbound = client.build_request(
+            request.method,
+            self.upstream + request.url.path + (f"?{request.url.query}" if request.url.query else ""),
+            headers=headers,
+            content=await request.body(),
+        )
+        try:
+            response = await client.send(outbound, stream=True)
+        except httpx.HTTPError:
+            await client.aclose()
+            return JSONResponse({"error": "bad_gateway"}, status_code=502)
+
+        async def close() -> None:
+            await response.aclose()
+            await client.aclose()
+
+        passed = {
+            k: v
+            for k, v in response.headers.items()
+            if k.lower() not in ("content-length", "transfer-encoding", "connection")
+        }
+        return StreamingResponse(
+            response.aiter_raw(),
+            status_code=response.status_code,
+            headers=passed,
+            background=BackgroundTask(close),
+        )
+
+
 @dataclass
 class ConsentSpace:
     consent: Node
     pair: TransferPair  # pair.city is transit (the provider), pair.transit is city (the consumer)
     consent_stack: ExitStack
     consent_served: Served | None
+    proxy: ConsentProxy
     agreement_id: str = ""
     citizens: dict[str, str] = field(default_factory=dict)  # name -> citizen id
 
@@ -280,8 +342,9 @@ def consent_space(
         "--url", consent_url + CONSENT_API_PATH, "--key", str(consent.data_dir / "keys" / "public-key.jwk"),
     )  # fmt: skip
     assert result.code == 0, result.stderr
-    point_at_consent_service(transit, consent_url, consent_did)
+    proxy = ConsentProxy(consent_url)
     with ExitStack() as stack:
+        point_at_consent_service(transit, stack.enter_context(serving_app(proxy.app)), consent_did)
         consent_stack = ExitStack()
         served = consent_stack.enter_context(serving(consent.data_dir, consent.port, None, 120))
         holder: list[ConsentSpace] = []
@@ -296,7 +359,7 @@ def consent_space(
         pair = TransferPair(
             transit, city, stack.enter_context(transit.api()), stack.enter_context(city.api()), database
         )
-        space = ConsentSpace(consent, pair, consent_stack, served)
+        space = ConsentSpace(consent, pair, consent_stack, served, proxy)
         holder.append(space)
         space.agreement_id = space.register_agreement()
         yield space

@@ -10,10 +10,18 @@ JSON logs; the citizens see who received their data.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import socket
+import threading
+import time
+import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
+import aiomqtt
+import httpx
 import pytest
 
 from tests.consent_gate_helpers import PURPOSE, ConsentSpace, cards_of, consent_space, trips
@@ -129,7 +137,7 @@ def test_consent_service_down_releases_nothing_and_says_why(space: ConsentSpace)
         assert space.pull(consumer_id) == []
         ended = wait_state(space.pair.capi, provider_id, "TERMINATED")
         assert "consent service unavailable" in ended["errorDetail"]
-        assert "cannot be reached" in ended["errorDetail"]
+        assert "HTTP 502" in ended["errorDetail"]  # what the proxy in front says of the stopped service
         assert (
             "the personal-data gate" in wait_state(space.pair.tapi, consumer_id, "TERMINATED")["errorDetail"]
         )
@@ -154,3 +162,102 @@ def test_card_numbers_never_appear_in_the_connectors_logs(space: ConsentSpace) -
             assert "-card-" not in line, f"{node.name} logged a card number: {line}"
     sent = [line for line in (space.provider.data_dir.parent / "transit-serve.log").read_text().splitlines()]
     assert any("transfer summary sent" in line for line in sent)
+
+
+@pytest.mark.parametrize(
+    ("mode", "says"),
+    [
+        ("html", "the consent service answered garbage: the consent service answered HTTP 200 without JSON"),
+        ("foreign", "the consent service answered garbage: the decision allows a subject that was not asked"),
+        ("slow", "consent service unavailable: the consent service cannot be reached: ReadTimeout"),
+    ],
+)
+def test_garbage_or_silence_from_the_consent_service_releases_nothing(
+    space: ConsentSpace, mode: str, says: str
+) -> None:
+    cards = _cards(space, f"bad-{mode}", "alice")
+    space.switch(space.citizens[f"bad-{mode}-alice"], "give")
+    space.publish_trips(f"trips-bad-{mode}", trips(*cards.values()))
+    consumer_id, provider_id = _started_pull(space, f"trips-bad-{mode}")
+    space.proxy.mode = mode
+    try:
+        assert space.pull(consumer_id) == []
+        ended = wait_state(space.pair.capi, provider_id, "TERMINATED")
+        assert says in ended["errorDetail"]
+    finally:
+        space.proxy.mode = "forward"
+
+
+def _broker_up() -> bool:
+    try:
+        with socket.create_connection(BROKER, timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+BROKER = ("127.0.0.1", 1883)
+WITHDRAWAL_BOUND_SECONDS = 1.0  # docs/consent.md: a running live stream stops releasing within this
+
+
+@pytest.mark.skipif(not _broker_up(), reason="no MQTT broker at 127.0.0.1:1883")
+def test_a_withdrawal_stops_a_running_live_stream_within_the_bound(space: ConsentSpace) -> None:
+    cards = _cards(space, "live", "alice", "carol")
+    space.switch(space.citizens["live-alice"], "give")
+    space.switch(space.citizens["live-carol"], "give")
+    topic = f"tessera-test/{uuid.uuid4().hex}/trips"
+    space.publish_personal("trips-live", {"type": "Mqtt", "broker": "127.0.0.1:1883", "topic": topic})
+    consumer_id, provider_id = _started_pull(space, "trips-live")
+    endpoint, token, _ = space.pair.edr(consumer_id)
+
+    received: list[tuple[float, dict[str, Any]]] = []
+    opened = threading.Event()
+
+    def read() -> None:  # city's side: the live NDJSON stream, each line stamped when it arrived
+        with httpx.stream(
+            "GET", endpoint, headers={"Authorization": f"Bearer {token}"}, timeout=60
+        ) as response:
+            assert response.status_code == 200
+            opened.set()
+            for line in response.iter_lines():
+                if line.strip():
+                    record = json.loads(line)
+                    received.append((time.time(), record))
+                    if record.get("end"):
+                        return
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    assert opened.wait(60), "the live stream did not open"
+    withdrawn_at = 0.0
+
+    async def publish() -> None:
+        nonlocal withdrawn_at
+        async with aiomqtt.Client(*BROKER) as client:
+            seq = 0
+            started = time.time()
+            while time.time() - started < 6.0:
+                if withdrawn_at == 0.0 and time.time() - started >= 2.5:
+                    await asyncio.to_thread(space.switch, space.citizens["live-carol"], "withdraw")
+                    withdrawn_at = time.time()  # the page has confirmed the withdrawal by now
+                for card in cards.values():
+                    record = {"card_id": card, "seq": seq, "sent": time.time()}
+                    await client.publish(topic, json.dumps(record).encode(), qos=1)
+                seq += 1
+                await asyncio.sleep(0.05)
+            await client.publish(topic, json.dumps({"card_id": cards["alice"], "end": True}).encode(), qos=1)
+
+    asyncio.run(publish())
+    reader.join(60)
+    assert not reader.is_alive(), "the live stream did not deliver the last message"
+
+    alice = [r for _, r in received if r["card_id"] == cards["alice"] and "seq" in r]
+    carol = [r for _, r in received if r["card_id"] == cards["carol"]]
+    assert [r["seq"] for r in alice] == list(range(len(alice)))  # alice's: every one, in order
+    assert len(alice) > 20
+    assert any(r["sent"] < withdrawn_at - 1.0 for r in carol)  # carol's, before she withdrew
+    late = [r for r in carol if r["sent"] > withdrawn_at + WITHDRAWAL_BOUND_SECONDS]
+    assert late == [], f"released {len(late)} of carol's records published after the bound"
+    last = max(r["sent"] for r in carol) - withdrawn_at
+    print(f"\nlast carol record released was published {last:+.3f} s after the withdrawal")
+    assert transfer(space.pair.capi, provider_id)["state"] == "STARTED"
