@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -126,8 +126,16 @@ class ConsentProxy:
             for k, v in response.headers.items()
             if k.lower() not in ("content-length", "transfer-encoding", "connection")
         }
+
+        async def body() -> AsyncIterator[bytes]:
+            try:
+                async for chunk in response.aiter_raw():
+                    yield chunk
+            except httpx.HTTPError:  # the consent service went away mid-stream (the change feed)
+                return
+
         return StreamingResponse(
-            response.aiter_raw(),
+            body(),
             status_code=response.status_code,
             headers=passed,
             background=BackgroundTask(close),
