@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
 from sqlmodel import Session
 
 from consent.agreements import (
@@ -55,7 +55,20 @@ class DecisionRequest(BaseModel):
     recipient: Did
     purpose: Name
     dataset: Name
-    subjects: list[SubjectHash] = Field(min_length=1)
+    # 64 lowercase hex digits each (checked in one pass over all of them: see _check_subject_hashes)
+    subjects: list[Annotated[str, StringConstraints(min_length=64, max_length=64)]] = Field(min_length=1)
+
+    @field_validator("subjects")
+    @classmethod
+    def _check_subject_hashes(cls, subjects: list[str]) -> list[str]:
+        joined = "".join(subjects)
+        try:
+            decoded = bytes.fromhex(joined)
+        except ValueError:
+            raise ValueError("subjects must be keyed hashes: 64 lowercase hex digits each") from None
+        if len(decoded) * 2 != len(joined) or not joined.isascii() or joined != joined.lower():
+            raise ValueError("subjects must be keyed hashes: 64 lowercase hex digits each")
+        return subjects
 
 
 def error_response(exc: ConsentError) -> JSONResponse:
@@ -123,8 +136,16 @@ def connector_router(index: DecisionIndex, limiter: RateLimiter) -> APIRouter:
         ]
         return view
 
-    @api.post("/decisions")
-    def decide(request: Request, body: DecisionRequest, peer: Peer = Depends(authenticated_peer)) -> Response:
+    @api.post(
+        "/decisions",
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": DecisionRequest.model_json_schema()}},
+            }
+        },
+    )
+    async def decide(request: Request, peer: Peer = Depends(authenticated_peer)) -> Response:
         """Which of the subjects (keyed hashes) may be released to ``recipient`` for ``purpose``."""
         settings = _settings(request)
         wait = limiter.acquire(peer.did)
@@ -133,6 +154,23 @@ def connector_router(index: DecisionIndex, limiter: RateLimiter) -> APIRouter:
                 {"error": "rate_limited", "message": "too many decision requests; slow down"},
                 status_code=429,
                 headers={"Retry-After": str(max(1, round(wait)))},
+            )
+        raw = await request.body()
+        if len(raw) > settings.max_decision_subjects * 70 + 8192:
+            return JSONResponse(
+                {
+                    "error": "too_large",
+                    "message": f"at most {settings.max_decision_subjects} subjects per request",
+                },
+                status_code=413,
+            )
+        try:  # parsed and validated by pydantic-core in one pass: the hot path of the service
+            body = DecisionRequest.model_validate_json(raw)
+        except ValidationError as exc:
+            details = exc.errors(include_url=False, include_context=False, include_input=False)
+            return JSONResponse(
+                {"error": "invalid", "message": "the decision request is malformed", "detail": details},
+                status_code=422,
             )
         if body.controller != peer.did:
             raise NotController(

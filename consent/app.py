@@ -50,11 +50,17 @@ def create_app(core: ServiceCore) -> FastAPI:
             except Exception:  # the sweep only writes down what decisions already enforce
                 log.exception("expiry sweep failed")
 
+    async def close_index_at_shutdown() -> None:
+        try:
+            await asyncio.Event().wait()
+        finally:
+            index.close()
+
     app = base_app(
         core,
         title=f"Tessera consent service {settings.name}",
         services=consent_services(settings.did, settings.api_url),
-        background=[sweep_expired],
+        background=[sweep_expired, close_index_at_shutdown],
     )
     app.state.decision_index = index
     app.state.receipt_signer = signer

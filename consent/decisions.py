@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import Engine, Table, and_, select
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError
 
 from consent.errors import NoAgreement
 from consent.ledger import HEAD_ID, now_millis
@@ -33,7 +34,6 @@ from consent.models import (
 )
 from consent.states import GIVEN_STATES
 
-NEVER = 2**62
 FULL_RELOAD_AFTER = 5_000  # more pending changes than this: reload everything instead of replaying
 
 AGREEMENTS: Table = DataAgreement.__table__  # type: ignore[attr-defined]
@@ -43,6 +43,7 @@ REVISIONS: Table = AgreementRevision.__table__  # type: ignore[attr-defined]
 CHANGES: Table = ConsentChange.__table__  # type: ignore[attr-defined]
 HEAD: Table = FeedHead.__table__  # type: ignore[attr-defined]
 _A, _R, _I, _V, _C, _H = AGREEMENTS.c, RECORDS.c, IDENTIFIERS.c, REVISIONS.c, CHANGES.c, HEAD.c
+_HEAD_QUERY = select(_H.seq).where(_H.id == HEAD_ID)
 _GIVEN = [state.value for state in GIVEN_STATES]
 _VALID_JOIN = (
     select(_R.agreement_id, _R.recipient_did, _I.subject_hash, _R.expires_at)
@@ -57,6 +58,34 @@ _VALID_JOIN = (
 
 
 @dataclass
+class ValidSubjects:
+    """Subject hashes with valid consent: a set for consent without an end (intersected in C), a dict
+    with the expiry time (epoch ms) for the rest."""
+
+    lasting: set[str] = field(default_factory=set)
+    expiring: dict[str, int] = field(default_factory=dict)
+
+    def add(self, subject: str, expires_at: int | None) -> None:
+        if expires_at is None:
+            self.lasting.add(subject)
+        else:
+            self.expiring[subject] = expires_at
+
+    def discard(self, subject: str) -> None:
+        self.lasting.discard(subject)
+        self.expiring.pop(subject, None)
+
+    def among(self, subjects: Sequence[str], now: int) -> set[str]:
+        found = self.lasting.intersection(subjects)
+        if self.expiring:
+            found.update(s for s in self.expiring.keys() & set(subjects) if self.expiring[s] > now)
+        return found
+
+    def __len__(self) -> int:
+        return len(self.lasting) + len(self.expiring)
+
+
+@dataclass
 class AgreementEntry:
     id: str
     controller: str
@@ -66,8 +95,14 @@ class AgreementEntry:
     datasets: frozenset[str]  # empty: every dataset of the controller
     valid_from: int | None
     valid_until: int | None
-    # recipient -> subject hash -> expiry (epoch ms, NEVER when none)
-    valid: dict[str, dict[str, int]] = field(default_factory=dict)
+    # recipient -> the subjects whose consent for it is valid
+    valid: dict[str, ValidSubjects] = field(default_factory=dict)
+
+    def subjects_for(self, recipient: str) -> ValidSubjects:
+        found = self.valid.get(recipient)
+        if found is None:
+            found = self.valid[recipient] = ValidSubjects()
+        return found
 
 
 @dataclass(frozen=True)
@@ -85,6 +120,7 @@ class DecisionIndex:
         self._seq = -1
         self._agreements: dict[str, AgreementEntry] = {}
         self._by_purpose: dict[tuple[str, str], list[str]] = {}
+        self._watch: Connection | None = None
 
     @property
     def revision(self) -> int:
@@ -109,13 +145,12 @@ class DecisionIndex:
         with self._lock:
             self._catch_up()
             covering = self._covering(controller, recipient, purpose, dataset, now)
-            tables = [entry.valid.get(recipient, {}) for entry in covering]
-            if len(tables) == 1:
-                table = tables[0]
-                allowed = [s for s in subjects if table.get(s, 0) > now]
-            else:
-                allowed = [s for s in subjects if any(t.get(s, 0) > now for t in tables)]
-            return Decision(uuid.uuid4().hex, self._seq, allowed, [(e.id, e.version) for e in covering])
+            allowed: set[str] = set()
+            for entry in covering:
+                valid = entry.valid.get(recipient)
+                if valid is not None:
+                    allowed |= valid.among(subjects, now)
+            return Decision(uuid.uuid4().hex, self._seq, list(allowed), [(e.id, e.version) for e in covering])
 
     def _covering(
         self, controller: str, recipient: str, purpose: str, dataset: str, now: int
@@ -151,11 +186,34 @@ class DecisionIndex:
             self._catch_up()
             return self._seq
 
+    def _head(self) -> int:
+        """The newest sequence number, on a connection of its own (autocommit: each read sees the latest
+        commit); reopened once if the database dropped it."""
+        for attempt in (1, 2):
+            try:
+                if self._watch is None:
+                    self._watch = self._engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+                return int(self._watch.execute(_HEAD_QUERY).scalar() or 0)
+            except DBAPIError:
+                if self._watch is not None:
+                    self._watch.invalidate()
+                    self._watch.close()
+                self._watch = None
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        with self._lock:
+            if self._watch is not None:
+                self._watch.close()
+                self._watch = None
+
     def _catch_up(self) -> None:
+        head = self._head()
+        if head == self._seq:
+            return
         with self._engine.connect() as connection:
-            head = connection.execute(select(_H.seq).where(_H.id == HEAD_ID)).scalar() or 0
-            if head == self._seq:
-                return
             if self._seq < 0 or head - self._seq > FULL_RELOAD_AFTER or head < self._seq:
                 self._load_all(connection, head)
                 return
@@ -189,7 +247,7 @@ class DecisionIndex:
         for row in connection.execute(_VALID_JOIN).yield_per(50_000):
             entry = self._agreements.get(row.agreement_id)
             if entry is not None:
-                entry.valid.setdefault(row.recipient_did, {})[row.subject_hash] = row.expires_at or NEVER
+                entry.subjects_for(row.recipient_did).add(row.subject_hash, row.expires_at)
         self._seq = head
 
     def _load_agreement(
@@ -219,9 +277,7 @@ class DecisionIndex:
             ids.append(entry.id)
         if with_subjects:
             for valid in connection.execute(_VALID_JOIN.where(_R.agreement_id == agreement_id)).all():
-                entry.valid.setdefault(valid.recipient_did, {})[valid.subject_hash] = (
-                    valid.expires_at or NEVER
-                )
+                entry.subjects_for(valid.recipient_did).add(valid.subject_hash, valid.expires_at)
 
     def _reload_citizen(
         self, connection: Connection, citizen_id: str, controller: str, hashes: set[str]
@@ -235,10 +291,10 @@ class DecisionIndex:
         for agreement_id in {i for (c, _p), ids in self._by_purpose.items() if c == controller for i in ids}:
             for table in self._agreements[agreement_id].valid.values():
                 for subject in hashes | current:
-                    table.pop(subject, None)
+                    table.discard(subject)
         for row in connection.execute(
             _VALID_JOIN.where(_R.citizen_id == citizen_id, _A.controller_did == controller)
         ).all():
             entry = self._agreements.get(row.agreement_id)
             if entry is not None:
-                entry.valid.setdefault(row.recipient_did, {})[row.subject_hash] = row.expires_at or NEVER
+                entry.subjects_for(row.recipient_did).add(row.subject_hash, row.expires_at)

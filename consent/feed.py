@@ -7,7 +7,8 @@ revised (``agreement``). Each event's ``id`` is its sequence number, so a
 client that reconnects with ``Last-Event-ID`` misses nothing. A ``head`` event
 (id = the newest sequence number) arrives at least once a second, so clients
 know the feed is alive and how far it has got; a ``reset`` event means the
-client's position is unknown here (drop every cached answer).
+client's position is unknown here (drop every cached answer). A stream ends
+after MAX_STREAM_SECONDS; clients reconnect with Last-Event-ID.
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ _C = ConsentChange.__table__.c  # type: ignore[attr-defined]
 _A = DataAgreement.__table__.c  # type: ignore[attr-defined]
 _H = FeedHead.__table__.c  # type: ignore[attr-defined]
 HEARTBEAT_SECONDS = 1.0
+# A stream ends after this long; the client reconnects (Last-Event-ID) with a fresh token, so a member
+# taken off the member list stops hearing changes within this time.
+MAX_STREAM_SECONDS = 300.0
 BATCH = 500
 
 
@@ -83,8 +87,8 @@ async def change_stream(
         position = head
     else:
         yield sse("head", position, {"seq": position})
-    last_sent = time.monotonic()
-    while not await request.is_disconnected():
+    last_sent = started = time.monotonic()
+    while not await request.is_disconnected() and time.monotonic() - started < MAX_STREAM_SECONDS:
         head = await asyncio.to_thread(head_seq, engine)
         while position < head:
             events = await asyncio.to_thread(changes_after, engine, controller, position, head)

@@ -8,13 +8,15 @@ result with the signed receipt (see consent/receipts.py).
 
 from __future__ import annotations
 
+import functools
 import re
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import delete
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import Session, col, select
 
 from consent.agreements import latest_revision, revision_dict
@@ -35,6 +37,33 @@ from consent.receipts import ReceiptSigner, receipt_claims, sign_receipt
 from consent.states import GIVEN_STATES, CurrentState, DpvState, LastEvent, derive_state, next_given_state
 
 DAY_MS = 86_400_000
+ATTEMPTS = 3
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def one_transaction(function: F) -> F:
+    """Run a change as one transaction, again (up to ATTEMPTS) when a concurrent change got in first:
+    the same switch flipped twice at once (unique record), or SQLite refusing a write whose read
+    snapshot is stale. Each attempt starts from a rolled-back session, so nothing is half-written."""
+
+    @functools.wraps(function)
+    def attempt(session: Session, *args: Any, **kwargs: Any) -> Any:
+        for remaining in range(ATTEMPTS - 1, -1, -1):
+            try:
+                return function(session, *args, **kwargs)
+            except IntegrityError:
+                session.rollback()
+            except OperationalError as exc:
+                session.rollback()
+                if "locked" not in str(exc.orig):
+                    raise
+            if not remaining:
+                raise Conflict("another change to the same consent happened at the same time; try again")
+        raise AssertionError("unreachable")
+
+    return attempt  # type: ignore[return-value]
+
+
 ACTOR = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/-]{0,127}$")
 METHOD = re.compile(r"^[a-z][a-z0-9-]{0,63}$")
 LABEL = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
@@ -187,6 +216,7 @@ def register_subject_identifier(
     return register_subject_hash(session, citizen_id, controller_did, pseudonym, label, hint=identifier[-4:])
 
 
+@one_transaction
 def register_subject_hash(
     session: Session, citizen_id: str, controller_did: str, pseudonym: str, label: str, *, hint: str = ""
 ) -> IdentifierView:
@@ -230,6 +260,7 @@ def register_subject_hash(
     return _identifier_view(row)
 
 
+@one_transaction
 def remove_subject_identifier(session: Session, citizen_id: str, controller_did: str, pseudonym: str) -> None:
     row = session.get(SubjectIdentifier, (controller_did, pseudonym))
     if row is None or row.citizen_id != citizen_id:
@@ -466,6 +497,7 @@ def _unchanged(
     )
 
 
+@one_transaction
 def give_consent(
     session: Session,
     signer: ReceiptSigner,
@@ -531,6 +563,7 @@ def _new_record(
     )
 
 
+@one_transaction
 def withdraw_consent(
     session: Session,
     signer: ReceiptSigner,
@@ -566,6 +599,7 @@ def withdraw_consent(
     return result
 
 
+@one_transaction
 def refuse_consent(
     session: Session,
     signer: ReceiptSigner,
@@ -625,6 +659,7 @@ def set_consent(
     )
 
 
+@one_transaction
 def withdraw_everything(
     session: Session,
     signer: ReceiptSigner,
@@ -670,6 +705,7 @@ def withdraw_everything(
     return results
 
 
+@one_transaction
 def expire_due(session: Session, signer: ReceiptSigner, now: int | None = None, *, limit: int = 1000) -> int:
     """Write ``ConsentExpired`` for given consents whose time ran out (decisions already treat them as
     expired; this makes the history say so). Returns how many."""

@@ -280,3 +280,33 @@ def test_subject_identifiers_are_stored_as_keyed_hashes_only(database_url: str) 
             service.register_subject_identifier(session, alice, TRANSIT, "", "card_id")
         with pytest.raises(InvalidInput):
             service.register_subject_hash(session, alice, TRANSIT, "not-a-hash", "card_id")
+
+
+def test_concurrent_changes_keep_one_consistent_history(database_url: str) -> None:
+    """Switches flipped from many sessions at once: each change is whole or refused (409), never half."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    sign = signer()
+    with consent_engine(database_url) as engine:
+        with Session(engine) as session:
+            agreement = register_agreement(session, TRANSIT, terms()).agreement_id
+            frank = service.create_citizen(session)
+
+        def flip(turn: int) -> str:
+            with Session(engine) as session:
+                try:
+                    service.set_consent(session, sign, frank, agreement, CITY, turn % 2 == 0, **actor(frank))
+                except Conflict:
+                    return "conflict"
+                return "ok"
+
+        with ThreadPoolExecutor(max_workers=6) as pool:
+            outcomes = list(pool.map(flip, range(30)))
+        assert set(outcomes) <= {"ok", "conflict"}
+        assert "ok" in outcomes
+        with Session(engine) as session:
+            events = verify_history(session)
+            entries = service.history(session, frank)
+            assert len(entries) == events
+            (switch, _) = service.switches(session, frank)
+            assert switch.state == entries[0].state  # the record says what its newest event says
