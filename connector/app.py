@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 
 from connector.consent_gate import consent_gate_for
 from connector.dataplane.public_routes import public_router
+from connector.dataplane.sink import sink_router
 from connector.discovery import discovery_router
 from connector.dsp.catalog_routes import catalog_router
 from connector.dsp.errors import DspError, dsp_error_body, dsp_error_response, error_type_for_path
@@ -28,6 +29,7 @@ from connector.management.transfers import transfers_router
 from connector.negotiation_worker import NegotiationWorker
 from connector.pages.routes import pages_router
 from connector.peers import peers_router
+from connector.transfer_push import Pusher
 from connector.transfer_worker import TransferWorker
 from identity.did import dsp_services
 from runtime.logging import get_logger
@@ -39,7 +41,8 @@ def create_app(core: ServiceCore) -> FastAPI:
     interval = settings.catalog_crawl_interval_seconds
     crawler = FederatedCrawler(core.engine, core.peer_client, interval)
     worker = NegotiationWorker(core)
-    transfer_worker = TransferWorker(core)
+    pusher = Pusher(core, lambda: getattr(app.state, "personal_gate", None))
+    transfer_worker = TransferWorker(core, pusher=pusher)
     consent_gate = consent_gate_for(core)
     app = base_app(
         core,
@@ -73,6 +76,7 @@ def create_app(core: ServiceCore) -> FastAPI:
     app.include_router(transfer_router())
     app.include_router(transfers_router())
     app.include_router(public_router())
+    app.include_router(sink_router(settings.data_dir))
     return app
 
 

@@ -30,6 +30,7 @@ from connector.transfer_states import Message, Role, State
 from connector.transfers import (
     IN_FLIGHT_WAIT_SECONDS,
     PULL,
+    PUSH,
     accesses_under,
     agreement_of,
     end_by_provider,
@@ -106,6 +107,19 @@ def authorize(session: Session, core: ServiceCore, transfer_id: str, token: str)
         raise AccessDenied(401, "replaced", "the token has been replaced by a newer one (refresh) or revoked")
     if flow_of(row) != PULL:
         raise AccessDenied(403, "not_pull", "this is a push transfer: the provider sends the data")
+    return _admit(session, core, row)
+
+
+def authorize_push(session: Session, core: ServiceCore, transfer_id: str) -> Access:
+    """The same checks (but the token's) before the provider pushes a transfer's data: one access."""
+    row = session.get(TransferRow, transfer_id, with_for_update=True, populate_existing=True)
+    if row is None or row.role != Role.PROVIDER.value or flow_of(row) != PUSH:
+        raise AccessDenied(403, "not_push", "not a push transfer of this provider")
+    return _admit(session, core, row)
+
+
+def _admit(session: Session, core: ServiceCore, row: TransferRow) -> Access:
+    """The transfer's state and the agreed policy, for one access of the locked ``row``; counted."""
     if row.state != State.STARTED.value:
         raise AccessDenied(403, "state", f"the transfer is {row.state}: no data is served")
     pending = pending_of(row)

@@ -555,7 +555,8 @@ def end_by_provider(session: Session, row: TransferRow, message: Message, code: 
     else:
         pending = _reasoned(row, message, code, reason)
     _enqueue(row, pending)
-    row.error_detail = reason[:4000]
+    if reason:
+        row.error_detail = reason[:4000]
     session.add(row)
     session.commit()
     return True

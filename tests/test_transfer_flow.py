@@ -8,25 +8,32 @@ exactly as transit stored it. Each test uses its own asset and agreement.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import httpx
 import pytest
 
 from connector.dsp import schemas
+from connector.edr_refresh import refresh_edr
 from identity.keys import load_private_key
 from identity.tokens import issue_token
-from tests.catalog_helpers import constraint, policy_body, rule
+from runtime.service import ServiceCore
+from tests.catalog_helpers import constraint, edc_error, policy_body, rule
 from tests.peer_helpers import b64url_decode, sign_ed25519
 from tests.transfer_helpers import (
+    TRANSFERS,
     TransferPair,
     act,
     acted,
+    query,
     refused,
     transfer,
     transfer_pair,
+    transfer_request,
     wait_state,
     wait_until,
 )
@@ -264,3 +271,110 @@ def test_dsp_state_of_an_unknown_or_foreign_transfer_is_404(pair: TransferPair) 
     response = httpx.get(f"{pair.city.dsp_url}/transfers/urn:uuid:nothing", headers=_peer_headers(pair))
     assert response.status_code == 404
     assert response.json()["@type"] == "TransferError"
+
+
+def test_push_lands_in_the_consumers_sink_and_completes(pair: TransferPair) -> None:
+    pair.publish_file("stops-push", CSV)
+    agreement_id = pair.agree("stops-push")
+    consumer_id = pair.request(agreement_id, "HttpData-PUSH", dataDestination=None)
+    provider_id = pair.provider_side(consumer_id)["@id"]
+    consumer, provider = pair.both(consumer_id, provider_id, "COMPLETED")
+    assert (
+        consumer["dataDestination"]["endpointProperties"][0]["value"] == "***"
+    )  # the sink's secret is not shown
+    received = pair.transit.data_dir / "sink" / "stops-push"
+    assert received.read_bytes() == CSV
+    assert provider["bytesTransferred"] == len(CSV)
+    assert provider["accessCount"] == 1
+    assert "errorDetail" not in provider
+
+
+def test_a_push_the_endpoint_refuses_terminates_with_the_reason(pair: TransferPair) -> None:
+    pair.publish_file("stops-push-refused", CSV)
+    agreement_id = pair.agree("stops-push-refused")
+    destination = {"type": "HttpData", "baseUrl": f"{pair.transit.base_url}/sink/{'0' * 32}"}
+    consumer_id = pair.request(agreement_id, "HttpData-PUSH", dataDestination=destination)
+    provider_id = pair.provider_side(consumer_id)["@id"]
+    consumer, provider = pair.both(consumer_id, provider_id, "TERMINATED")
+    assert "push failed: the push endpoint refused the data (401)" in provider["errorDetail"]
+    assert "push failed" in consumer["errorDetail"]
+    assert not (pair.transit.data_dir / "sink" / "stops-push-refused").exists()
+
+
+def test_a_closed_time_window_terminates_the_transfer_and_refuses_new_ones(pair: TransferPair) -> None:
+    contract = policy_body("contract-brief", [rule(constraint("elapsedTime", "lteq", "PT8S"))])
+    pair.publish_file("stops-brief", CSV, contract=contract)
+    agreement_id, consumer_id, provider_id = pair.pull_started("stops-brief")
+    endpoint, token, _ = pair.edr(consumer_id)
+    assert _get(endpoint, token).status_code == 200
+
+    wait_until(lambda: _get(endpoint, token).status_code == 403, timeout=30, what="the window to close")
+    consumer, provider = pair.both(consumer_id, provider_id, "TERMINATED")
+    assert "elapsedTime" in provider["errorDetail"]
+    assert "elapsedTime" in consumer["errorDetail"]  # the consumer was told why, over DSP
+
+    expired = wait_state(pair.tapi, pair.request(agreement_id), "TERMINATED")
+    assert "does not admit" in expired["errorDetail"]
+
+
+def test_management_api_answers_as_edc_does_and_refuses_bad_input(pair: TransferPair) -> None:
+    pair.publish_file("stops-management", CSV)
+    agreement_id, consumer_id, provider_id = pair.pull_started("stops-management")
+
+    found = query(pair.tapi, contractId=agreement_id)
+    assert [t["@id"] for t in found] == [consumer_id]
+    assert query(pair.capi, contractId=agreement_id)[0]["@id"] == provider_id
+    assert all("@context" in t for t in found)
+    assert query(pair.capi, state="STARTED", type="provider")[0]["@type"] == "TransferProcess"
+    state = pair.tapi.get(f"{TRANSFERS}/{consumer_id}/state")
+    assert state.json() == {
+        "@type": "TransferState",
+        "state": "STARTED",
+        "@context": state.json()["@context"],
+    }
+
+    missing = pair.tapi.get(f"{TRANSFERS}/no-such-transfer")
+    edc_error(missing, 404, "ObjectNotFound", "no-such-transfer")
+    edc_error(act(pair.tapi, "no-such-transfer", "suspend"), 404, "ObjectNotFound")
+    edc_error(act(pair.tapi, consumer_id, "explode"), 404, "ObjectNotFound", "explode")
+    edc_error(act(pair.tapi, consumer_id, "start"), 409, "ObjectConflict", "provider")
+
+    bad: list[tuple[dict[str, Any], str]] = [
+        ({"contractId": None}, "contractId"),
+        ({"counterPartyAddress": "http://127.0.0.1:1/dsp/2025-1"}, "counterPartyAddress"),
+        ({"transferType": "Smoke-SIGNALS"}, "transferType"),
+        ({"contractId": "urn:uuid:not-an-agreement"}, "no agreement"),
+        ({"protocol": "ids-multipart"}, "protocol"),
+    ]
+    for change, needle in bad:
+        body = transfer_request(pair.city.dsp_url, agreement_id, "HttpData-PULL")
+        body.update(change)
+        response = pair.tapi.post(TRANSFERS, json={k: v for k, v in body.items() if v is not None})
+        assert response.status_code == 400, response.text
+        assert needle in response.json()[0]["message"], response.json()
+    assert len(query(pair.tapi, contractId=agreement_id)) == 1  # nothing half-made
+
+
+def test_the_consumer_refreshes_its_edr_through_the_provider(pair: TransferPair) -> None:
+    pair.publish_file("stops-edr-refresh", CSV)
+    _, consumer_id, _ = pair.pull_started("stops-edr-refresh")
+    endpoint, old_token, _ = pair.edr(consumer_id)
+
+    core = ServiceCore.create(pair.transit.settings)  # transit's own code, on transit's database
+
+    async def refreshed() -> None:
+        try:
+            await refresh_edr(core, consumer_id)
+        finally:
+            await core.peer_client.aclose()
+
+    try:
+        asyncio.run(refreshed())
+    finally:
+        core.engine.dispose()
+    same_endpoint, new_token, properties = pair.edr(consumer_id)
+    assert same_endpoint == endpoint
+    assert new_token != old_token
+    assert _get(endpoint, new_token).content == CSV
+    refused(_get(endpoint, old_token), 401, "replaced")
+    assert int(properties["expiresIn"]) > 0

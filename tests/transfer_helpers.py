@@ -171,7 +171,7 @@ class TransferPair:
 
 def transfer_request(address: str, agreement_id: str, transfer_type: str, **members: Any) -> dict[str, Any]:
     """An EDC v3 TransferRequest, as EDC clients write it."""
-    return {
+    body: dict[str, Any] = {
         "@context": {"@vocab": EDC_NS},
         "@type": "TransferRequest",
         "protocol": DSP_PROTOCOL,
@@ -181,6 +181,9 @@ def transfer_request(address: str, agreement_id: str, transfer_type: str, **memb
         "dataDestination": {"type": "HttpProxy"},
         **members,
     }
+    if body["dataDestination"] is None:  # no destination: a push lands in the consumer's sink
+        del body["dataDestination"]
+    return body
 
 
 def transfer(api: httpx.Client, transfer_id: str) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import Counter
 from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass, field
 
@@ -87,7 +88,7 @@ class GatedStream:
             raise UnfilterableData(str(exc)) from None
         self.counters = GateCounters()
         # subject → its records released (the consent report's per-subject counts; never logged)
-        self.released_by_subject: dict[str, int] = {}
+        self.released_by_subject: Counter[str] = Counter()
         self._raws: list[bytes] = []
         self._subjects: list[str | None] = []
         self._wrote_header = False
@@ -197,22 +198,25 @@ class GatedStream:
         return outputs
 
     async def _decide(self, raws: list[bytes], subjects: list[str | None]) -> list[bytes]:
-        asked = list(dict.fromkeys(s for s in subjects if s is not None))
         counters = self.counters
-        missing = len(subjects) - sum(1 for s in subjects if s is not None)
+        missing = subjects.count(None)
         if missing:
             counters.without_subject += missing
             counters.withheld += missing
+        asked = set(subjects)
+        asked.discard(None)
         if not asked:
             return []
-        decision = await self._ask(asked)
+        decision = await self._ask(asked)  # type: ignore[arg-type]  # None was discarded
         released = decision.released
-        kept: list[bytes] = []
-        by_subject = self.released_by_subject
-        for raw, subject in zip(raws, subjects, strict=True):
-            if subject is not None and subject in released:
-                kept.append(raw)
-                by_subject[subject] = by_subject.get(subject, 0) + 1
+        if not missing and len(released) == len(asked):
+            kept = raws  # every subject admitted
+        else:
+            kept = [raw for raw, subject in zip(raws, subjects, strict=True) if subject in released]
+        if kept is raws:
+            self.released_by_subject.update(subjects)  # type: ignore[arg-type]  # no None: none missing
+        else:
+            self.released_by_subject.update(s for s in subjects if s in released)
         decided = len(subjects) - missing
         withheld = decided - len(kept)
         counters.released += len(kept)
@@ -222,9 +226,9 @@ class GatedStream:
             counters.reasons[decision.reason] = counters.reasons.get(decision.reason, 0) + withheld
         return kept
 
-    async def _ask(self, subjects: list[str]) -> GateDecision:
+    async def _ask(self, asked: set[str]) -> GateDecision:
         try:
-            decision = await asyncio.wait_for(self._gate.decide(subjects, self._context), self._timeout)
+            decision = await asyncio.wait_for(self._gate.decide(list(asked), self._context), self._timeout)
         except TimeoutError:
             raise GateUnavailable(
                 f"the personal-data gate did not answer within {self._timeout:g} s"
@@ -238,9 +242,9 @@ class GatedStream:
         if not isinstance(decision.decision_id, str) or not decision.decision_id:
             raise GateGarbage("the personal-data gate answered without a decision id")
         released = decision.released
-        if not isinstance(released, frozenset | set) or not all(type(s) is str for s in released):
+        if not isinstance(released, frozenset | set):
             raise GateGarbage("the personal-data gate answered released subjects that are not ids")
-        if not released <= set(subjects):
+        if not released <= asked:  # also proves every released id is one of the (text) ids asked
             raise GateGarbage("the personal-data gate released subjects it was not asked about")
         if decision.reason is not None and not isinstance(decision.reason, str):
             raise GateGarbage("the personal-data gate answered a reason that is not text")

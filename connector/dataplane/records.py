@@ -84,30 +84,32 @@ class NdjsonFramer(RecordFramer):
 
     def finish(self) -> Records:
         tail, self._tail = self._tail, b""
-        return self._frame([tail])
+        return self._frame([tail]) if tail else ([], [])
 
     def _frame(self, lines: list[bytes]) -> Records:
-        loads = orjson.loads
+        try:  # the common case, every line JSON: parsed in one C-level pass
+            values = list(map(orjson.loads, lines))
+        except orjson.JSONDecodeError:
+            lines, values = self._parse_one_by_one(lines)
         name = self.subject_field
-        raws: list[bytes] = []
-        subjects: list[str | None] = []
+        found = [value.get(name) if type(value) is dict else None for value in values]
+        subjects = [s if type(s) is str and s else subject_of(s) for s in found]
+        return lines, subjects
+
+    @staticmethod
+    def _parse_one_by_one(lines: list[bytes]) -> tuple[list[bytes], list[object]]:
+        """Blank lines dropped; a line that is not JSON kept as a record without a subject."""
+        kept: list[bytes] = []
+        values: list[object] = []
         for line in lines:
             try:
-                value = loads(line)
+                values.append(orjson.loads(line))
             except orjson.JSONDecodeError:
                 if not line.strip():
-                    continue  # a blank line is no record
-                subjects.append(None)
-                raws.append(line)
-                continue
-            subject = value.get(name) if type(value) is dict else None
-            if type(subject) is not str:
-                subject = subject_of(subject)
-            elif not subject:
-                subject = None
-            subjects.append(subject)
-            raws.append(line)
-        return raws, subjects
+                    continue
+                values.append(None)
+            kept.append(line)
+        return kept, values
 
     def join(self, kept: list[bytes], first: bool) -> bytes:
         if not kept:

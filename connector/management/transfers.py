@@ -30,6 +30,7 @@ from catalog.jsonld import (
 )
 from catalog.queryspec import FixedFields, table_of
 from catalog.vocabulary import DSP_PROTOCOL
+from connector.dataplane.sink import create_sink_destination
 from connector.dsp import transfer_messages as wire
 from connector.management.auth import require_api_key
 from connector.management.common import expanded_body, id_response, query_spec_body
@@ -44,8 +45,10 @@ from connector.transfers import (
     operator_action,
     pending_of,
 )
+from contracts.agreements import get_agreement
 from runtime.dependencies import db_session, service_core
 from runtime.requests import read_json
+from runtime.service import ServiceCore
 
 _ROWS = table_of(TransferRow).c
 TRANSFER_FIELDS = FixedFields(
@@ -172,6 +175,16 @@ def _destination(node: dict[str, Any] | None) -> dict[str, Any] | None:
     return wire.data_address(HTTP_ENDPOINT_TYPE, endpoint, properties)
 
 
+def _local_sink(session: Session, core: ServiceCore, agreement_id: str) -> dict[str, Any]:
+    """A push with no destination lands in this connector's sink directory (``<data_dir>/sink/``)."""
+    record = get_agreement(session, agreement_id)
+    name = record.asset_id if record is not None else "pushed"
+    sink = create_sink_destination(core.settings.data_dir, core.settings.public_url, name=name)
+    return wire.data_address(
+        HTTP_ENDPOINT_TYPE, sink.endpoint, {"authorization": sink.secret, "authType": "bearer"}
+    )
+
+
 def _refused(exc: TransferError) -> ManagementApiError:
     kind = (
         "ObjectNotFound" if exc.status == 404 else "ObjectConflict" if exc.status == 409 else "InvalidRequest"
@@ -208,8 +221,10 @@ def transfers_router() -> APIRouter:
                 400, "ValidationFailure", "purpose must be a string of at most 512 characters"
             )
         destination = _destination(first_node(node, EDC_NS + "dataDestination"))
-        callbacks = [c for c in values(node, EDC_NS + "callbackAddresses") if isinstance(c, dict)]
         core = service_core(request)
+        if destination is None and str(transfer_type).endswith("-PUSH"):
+            destination = await run_in_threadpool(_local_sink, session, core, str(agreement_id))
+        callbacks = [c for c in values(node, EDC_NS + "callbackAddresses") if isinstance(c, dict)]
         try:
             row = await run_in_threadpool(
                 lambda: consumer_request(

@@ -18,7 +18,9 @@ from connector.dataplane.sources.ranges import ByteRange
 
 StopSignal = asyncio.Event | Callable[[], bool]
 SecretResolver = Callable[[str], str | None]
-DEFAULT_CHUNK_SIZE = 256 * 1024
+DEFAULT_CHUNK_SIZE = (
+    1024 * 1024
+)  # one worker-thread hop per MiB: smaller chunks cost throughput on a busy machine
 _SECRET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
