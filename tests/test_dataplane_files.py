@@ -22,6 +22,7 @@ from connector.dataplane.sources import (
     open_source,
     parse_range,
 )
+from runtime.participant import init_participant
 from tests.dataplane_helpers import collect
 
 REPO = Path(__file__).resolve().parents[1]
@@ -148,6 +149,29 @@ def test_file_source_refuses_paths_outside_the_data_directory(tmp_path: Path) ->
         assert missing.status == 404
         directory = await attempt(str(root))
         assert isinstance(directory, AddressError)
+
+    asyncio.run(run())
+
+
+def test_the_connectors_own_files_are_never_served(tmp_path: Path) -> None:
+    """Keys, settings, the API key, the database and sink bookkeeping live in the data directory too."""
+    data_dir = tmp_path / "city"
+    init_participant(data_dir, "city", 18_555)
+    _file(data_dir, "tessera.db", b"SQLite format 3")
+    _file(data_dir, "secrets/upstream", b"token")
+    _file(data_dir, "sink/.registrations/abc.json", b"{}")
+    _file(data_dir, "files/ok.csv", b"a,b\n")
+    (data_dir / "files" / "innocent.csv").symlink_to(data_dir / "keys" / "private-key.pem")
+    config = SourceConfig.for_data_dir(data_dir)
+
+    async def run() -> None:
+        for path in ("keys/private-key.pem", "tessera.toml", "management-api-key", "tessera.db", "secrets/upstream",
+                     "sink/.registrations/abc.json", "files/innocent.csv", str(data_dir / "files/../keys/private-key.pem")):  # fmt: skip
+            with pytest.raises(AddressError, match="never served") as caught:
+                await open_source({"type": "File", "path": path}, config)
+            assert "private" not in str(caught.value)
+        source = await open_source({"type": "File", "path": "files/ok.csv"}, config)
+        assert await collect(source.chunks()) == b"a,b\n"
 
     asyncio.run(run())
 

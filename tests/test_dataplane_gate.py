@@ -171,14 +171,16 @@ def test_json_array_released_elements_make_a_valid_array() -> None:
     trips: list[dict[str, Any]] = [
         *TRIPS,
         {"card_id": "card-alice", "text": 'brackets ] } [ { and \\" escapes'},
+        {"card_id": "card-alice", "stops": [{"name": "Central", "at": [1, 2]}], "geo": {"lat": 1.5}},
+        {"card_id": "card-bob", "stops": [], "note": "nested, withheld"},
     ]
-    data = json.dumps(trips, indent=2).encode()
-    for chunk in (1, 13, len(data)):
-        out, stream = run_filter(
-            ListGate({"card-alice"}), data, media_type="application/json", chunk=chunk, batch_size=4
-        )
-        assert json.loads(out) == [t for t in trips if t["card_id"] == "card-alice"], chunk
-        assert stream.counters.released == 6
+    for data in (json.dumps(trips, indent=2).encode(), json.dumps(trips).encode()):
+        for chunk in (1, 13, 4096):
+            out, stream = run_filter(
+                ListGate({"card-alice"}), data, media_type="application/json", chunk=chunk, batch_size=4
+            )
+            assert json.loads(out) == [t for t in trips if t["card_id"] == "card-alice"], chunk
+            assert stream.counters.released == 7
     out, _ = run_filter(ClosedGate(), data, media_type="application/json")
     assert json.loads(out) == []
     out, _ = run_filter(ClosedGate(), b" [ ] ", media_type="application/json")

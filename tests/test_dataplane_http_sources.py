@@ -13,6 +13,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from catalog.assets import asset_from_expanded
+from catalog.jsonld import expand_management_input
 from connector.dataplane.sources import (
     AddressError,
     ConsumerRequest,
@@ -334,3 +336,22 @@ def test_sensorthings_refuses_without_credentials_or_with_bad_ids(upstream: str)
     bad = refused(sensorthings(upstream, "7)/../../Things(1"))
     assert isinstance(bad, AddressError)
     assert isinstance(refused({"type": "SensorThings", "baseUrl": f"{upstream}/sta/v1.1"}), AddressError)
+
+
+def test_an_http_asset_as_the_catalog_stores_it(upstream: str) -> None:
+    """Through the Management API's input form and the catalog's storage, then pulled with a sub-path."""
+    body = {
+        "@context": {"@vocab": "https://w3id.org/edc/v0.0.1/ns/"},
+        "@id": "counts",
+        "properties": {"name": "counts"},
+        "dataAddress": {"@type": "DataAddress", "type": "HttpData", "baseUrl": f"{upstream}/api/v2",
+                        "proxyPath": "true", "queryParams": {"city": "tessera"}, "header:X-Api-Key": API_KEY},
+    }  # fmt: skip
+    stored = asset_from_expanded(expand_management_input(body)).data_address
+    seen = json.loads(pull(stored, ConsumerRequest(path="stations/7"))[1])
+    assert (seen["path"], seen["query"], seen["apiKey"]) == (
+        "/api/v2/stations/7",
+        [["city", "tessera"]],
+        API_KEY,
+    )
+    assert "header:X-Api-Key" not in redacted(stored)

@@ -6,12 +6,19 @@ import asyncio
 import json
 import socket
 import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiomqtt
 import pytest
+from fastapi import FastAPI
 
+from connector.dataplane.gated_stream import GatedStream
+from connector.dataplane.push import PushTarget, push
+from connector.dataplane.sink import create_sink_destination, sink_router
 from connector.dataplane.sources import SourceConfig, UpstreamError, open_source
+from tests.dataplane_helpers import CONTEXT, ListGate, serving
 
 BROKER = ("127.0.0.1", 1883)
 CONFIG = SourceConfig(file_roots=(), connect_timeout=5, stop_poll_seconds=0.05)
@@ -101,3 +108,71 @@ def test_an_unreachable_broker_is_a_clear_error() -> None:
 
     with pytest.raises(UpstreamError, match="MQTT broker cannot be reached"):
         asyncio.run(run())
+
+
+def test_a_live_personal_stream_releases_admitted_subjects_within_the_flush_bound() -> None:
+    """Live personal data: each message passes the gate within ``flush_after``, not after 1,000 messages."""
+    topic = f"tessera-test/{uuid.uuid4().hex}/meters"
+    gate = ListGate({"meter-alice"})
+
+    async def run() -> tuple[list[dict[str, Any]], GatedStream]:
+        stop = asyncio.Event()
+        source = await open_source({"type": "Mqtt", "broker": "127.0.0.1", "topic": topic}, CONFIG, stop=stop)
+        stream = GatedStream(
+            gate, CONTEXT, media_type=source.media_type, subject_field="meter_id", flush_after=0.2
+        )
+        out = stream.filter(source.chunks())
+        await publish(
+            topic,
+            b'{"meter_id": "meter-bob", "kwh": 1}',
+            b'{"meter_id": "meter-alice", "kwh": 2}',
+            b'{"kwh": 3}',
+        )
+        first = await asyncio.wait_for(anext(out), 30)
+        stop.set()
+        rest = [chunk async for chunk in out]
+        return [json.loads(line) for line in (first + b"".join(rest)).splitlines()], stream
+
+    released, stream = asyncio.run(run())
+    assert released == [{"meter_id": "meter-alice", "kwh": 2}]
+    assert (stream.counters.released, stream.counters.withheld, stream.counters.without_subject) == (1, 2, 1)
+
+
+def test_a_live_topic_pushed_into_a_sink_arrives_as_one_complete_file(tmp_path: Path) -> None:
+    topic = f"tessera-test/{uuid.uuid4().hex}/live"
+    data_dir = tmp_path / "city"
+    data_dir.mkdir()
+    app = FastAPI()
+    app.include_router(sink_router(data_dir))
+
+    async def run(url: str) -> int:
+        stop = asyncio.Event()
+        destination = create_sink_destination(data_dir, url, name="live.ndjson")
+        target = PushTarget.from_data_address(destination.data_address())
+        address = {"type": "Mqtt", "broker": "127.0.0.1:1883", "topic": topic}
+        subscribed, all_sent = asyncio.Event(), asyncio.Event()
+
+        async def stream() -> AsyncIterator[bytes]:
+            source = await open_source(address, CONFIG, stop=stop)
+            subscribed.set()
+            sent = 0
+            async for chunk in source.chunks():
+                yield chunk
+                sent += 1
+                if sent == 3:
+                    all_sent.set()
+
+        pushing = asyncio.ensure_future(push(stream, target, media_type="application/x-ndjson", stop=stop))
+        await asyncio.wait_for(subscribed.wait(), 30)
+        for n in range(3):
+            await publish(topic, b'{"n": %d}' % n)
+        await asyncio.wait_for(all_sent.wait(), 30)
+        stop.set()  # completion: the live stream ends, the upload completes
+        result = await asyncio.wait_for(pushing, 30)
+        return result.bytes_sent
+
+    with serving(app) as url:
+        sent = asyncio.run(run(url))
+    [received] = [p for p in (data_dir / "sink").glob("*") if p.is_file()]
+    assert received.read_bytes() == b'{"n":0}\n{"n":1}\n{"n":2}\n'
+    assert sent == len(received.read_bytes())

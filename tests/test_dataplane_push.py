@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
 import socket
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -20,7 +21,13 @@ from starlette.routing import Route
 
 from connector.dataplane.gated_stream import GatedStream
 from connector.dataplane.push import PushFailed, PushStopped, PushTarget, RetryPolicy, push, source_stream
-from connector.dataplane.sink import create_sink_destination, read_sink, sink_router
+from connector.dataplane.sink import (
+    clean_partial_uploads,
+    create_sink_destination,
+    list_sinks,
+    read_sink,
+    sink_router,
+)
 from connector.dataplane.sources import SourceConfig
 from tests.dataplane_helpers import CONTEXT, ListGate, raw_tcp_server, serving
 
@@ -308,3 +315,24 @@ def test_a_gate_failure_mid_push_leaves_nothing_at_the_consumer(
     assert sink_files(data_dir) == []
     assert partials(data_dir) == []
     assert read_sink(data_dir, destination.sink_id).state == "waiting"  # type: ignore[union-attr]
+
+
+def test_sinks_are_listed_and_crash_leftovers_cleaned(tmp_path: Path) -> None:
+    data_dir = tmp_path / "city"
+    first = create_sink_destination(data_dir, "http://city.example", name="a.csv", lifetime_seconds=10)
+    second = create_sink_destination(data_dir, "http://city.example", name="b.csv", lifetime_seconds=100)
+    assert [s.sink_id for s in list_sinks(data_dir)] == [second.sink_id, first.sink_id]
+    assert all(s.state == "waiting" for s in list_sinks(data_dir))
+    leftovers = data_dir / "sink" / ".partial"
+    leftovers.mkdir(parents=True)
+    old = leftovers / "x.part"
+    old.write_bytes(b"half")
+    os.utime(old, (0, 0))
+    lock = data_dir / "sink" / ".registrations" / f"{first.sink_id}.lock"
+    lock.touch()
+    os.utime(lock, (0, 0))
+    fresh = leftovers / "y.part"
+    fresh.write_bytes(b"in progress")
+    assert clean_partial_uploads(data_dir) == 2
+    assert [p.name for p in leftovers.iterdir()] == ["y.part"]  # an upload still running is left alone
+    assert not lock.exists()

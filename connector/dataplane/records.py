@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import re
 from abc import ABC, abstractmethod
+from itertools import repeat
 
 import orjson
 
@@ -92,9 +93,13 @@ class NdjsonFramer(RecordFramer):
         except orjson.JSONDecodeError:
             lines, values = self._parse_one_by_one(lines)
         name = self.subject_field
-        found = [value.get(name) if type(value) is dict else None for value in values]
-        subjects = [s if type(s) is str and s else subject_of(s) for s in found]
-        return lines, subjects
+        try:  # every line an object: C-level lookups
+            found: list[object] = list(map(dict.get, values, repeat(name)))
+        except TypeError:
+            found = [value.get(name) if type(value) is dict else None for value in values]
+        if set(map(type, found)) == {str} and "" not in found:
+            return lines, found  # type: ignore[return-value]  # all non-empty text, checked just above
+        return lines, [subject_of(s) for s in found]
 
     @staticmethod
     def _parse_one_by_one(lines: list[bytes]) -> tuple[list[bytes], list[object]]:
@@ -202,6 +207,11 @@ class CsvFramer(RecordFramer):
 _OUTSIDE = re.compile(rb'[\[\]{}",]')
 _INSIDE = re.compile(rb'["\\]')
 _SPACE = b" \t\r\n"
+# An element that is an object holding no object or array (strings may hold anything), then its separator;
+# possessive quantifiers: no backtracking, so a failed match (an element cut by a chunk end) costs one pass.
+_FLAT_ELEMENT = re.compile(
+    rb'[ \t\r\n]*+(\{(?:[^{}\[\]"\\]++|"(?:[^"\\]++|\\.)*+")*+\})[ \t\r\n]*+([,\]])', re.DOTALL
+)
 
 
 class JsonArrayFramer(RecordFramer):
@@ -217,6 +227,7 @@ class JsonArrayFramer(RecordFramer):
         self._depth = 0  # nesting inside the top-level array (0: between elements)
         self._in_string = False
         self._state = "before"  # before → inside → after
+        self._seen_any = False  # an element was read (so an empty one is an error, not "[]")
 
     def feed(self, chunk: bytes) -> Records:
         self._buffer += chunk
@@ -233,7 +244,6 @@ class JsonArrayFramer(RecordFramer):
 
     def _consume(self) -> Records:
         raws: list[bytes] = []
-        subjects: list[str | None] = []
         buf = self._buffer
         i = self._scan
         start = 0
@@ -241,12 +251,22 @@ class JsonArrayFramer(RecordFramer):
             stripped = buf.lstrip(_SPACE)
             if not stripped:
                 self._buffer, self._scan = b"", 0
-                return raws, subjects
+                return [], []
             if not stripped.startswith(b"["):
                 raise RecordFormatError("personal JSON data must be a top-level array of records")
             buf = stripped[1:]
             self._state, i = "inside", 0
         while self._state == "inside":
+            if i == start and self._depth == 0 and not self._in_string:
+                flat = _FLAT_ELEMENT.match(buf, i)
+                if flat is not None:  # a whole object without nested containers: cut in one step
+                    self._element(flat.group(1), raws, False)
+                    start = i = flat.end()
+                    if flat.group(2) == b"]":
+                        self._state = "after"
+                        if buf[i:].strip(_SPACE):
+                            raise RecordFormatError("the JSON data goes on after its top-level array")
+                    continue
             if self._in_string:
                 match = _INSIDE.search(buf, i)
                 if match is None:
@@ -274,7 +294,7 @@ class JsonArrayFramer(RecordFramer):
             elif char in (b"}", b"]") and self._depth > 0:
                 self._depth -= 1
             elif self._depth == 0:  # a comma or the closing bracket ends an element
-                self._element(buf[start : match.start()], raws, subjects, char == b"]")
+                self._element(buf[start : match.start()], raws, char == b"]")
                 start = i
                 if char == b"]":
                     self._state = "after"
@@ -284,23 +304,24 @@ class JsonArrayFramer(RecordFramer):
             self._buffer, self._scan = b"", 0
         else:
             self._buffer, self._scan = buf[start:], i - start
-        return raws, subjects
+        return raws, self._subjects(raws)
 
-    def _element(self, raw: bytes, raws: list[bytes], subjects: list[str | None], last: bool) -> None:
+    def _element(self, raw: bytes, raws: list[bytes], last: bool) -> None:
         element = raw.strip(_SPACE)
         if not element:
             if last and not raws and not self._seen_any:
                 return  # the empty array
             raise RecordFormatError("the JSON array has an empty element")
         self._seen_any = True
+        raws.append(element)
+
+    def _subjects(self, raws: list[bytes]) -> list[str | None]:
         try:
-            value = orjson.loads(element)
+            values = list(map(orjson.loads, raws))
         except orjson.JSONDecodeError:
             raise RecordFormatError("an element of the JSON array is not valid JSON") from None
-        raws.append(element)
-        subjects.append(subject_of(value.get(self.subject_field)) if type(value) is dict else None)
-
-    _seen_any = False
+        name = self.subject_field
+        return [subject_of(value.get(name)) if type(value) is dict else None for value in values]
 
     def join(self, kept: list[bytes], first: bool) -> bytes:
         if not kept:

@@ -36,6 +36,7 @@ from starlette.requests import ClientDisconnect
 SINK_PATH = "/sink"
 DEFAULT_MAX_BYTES = 4 * 1024**3
 DEFAULT_LIFETIME_SECONDS = 7 * 24 * 3600
+WRITE_BYTES = 1024 * 1024
 LOCK_TOUCH_SECONDS = 5.0
 STALE_LOCK_SECONDS = 120.0
 _SINK_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -156,6 +157,32 @@ def read_sink(data_dir: Path, sink_id: str) -> SinkRecord | None:
     )
 
 
+def list_sinks(data_dir: Path) -> list[SinkRecord]:
+    """Every registered sink, newest expiry first (for the operator's pages)."""
+    found = []
+    for path in _registrations(data_dir).glob("*.json"):
+        record = read_sink(data_dir, path.stem)
+        if record is not None:
+            found.append(record)
+    return sorted(found, key=lambda r: r.expires_at, reverse=True)
+
+
+def clean_partial_uploads(data_dir: Path, older_than_seconds: float = STALE_LOCK_SECONDS) -> int:
+    """Remove what uploads cut by a crash left behind (call at start-up); returns how many files went."""
+    removed = 0
+    cutoff = time.time() - older_than_seconds
+    for directory, pattern in (
+        (sink_dir(data_dir) / ".partial", "*.part"),
+        (_registrations(data_dir), "*.lock"),
+    ):
+        for path in directory.glob(pattern):
+            with contextlib.suppress(FileNotFoundError):
+                if path.stat().st_mtime < cutoff:
+                    path.unlink()
+                    removed += 1
+    return removed
+
+
 def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
@@ -217,17 +244,22 @@ async def receive(data_dir: Path, sink_id: str, request: Request) -> Response:
     touched = time.monotonic()
     try:
         try:
+            pending = bytearray()  # written in 1 MiB pieces: one worker-thread hop per MiB, not per packet
             async for chunk in request.stream():
                 size += len(chunk)
                 if size > max_bytes:
                     return _error(413, f"the data is larger than this sink accepts ({max_bytes} bytes)")
                 digest.update(chunk)
-                await anyio.to_thread.run_sync(handle.write, chunk)
+                pending += chunk
+                if len(pending) >= WRITE_BYTES:
+                    await anyio.to_thread.run_sync(handle.write, bytes(pending))
+                    pending.clear()
                 if time.monotonic() > touched + LOCK_TOUCH_SECONDS:
                     touched = time.monotonic()
                     os.utime(lock)  # the upload is alive: the lock is not stale
         except ClientDisconnect:
             return _error(400, "the upload was cut short")
+        await anyio.to_thread.run_sync(handle.write, bytes(pending))
         await anyio.to_thread.run_sync(_flush, handle)
         handle.close()
         final = await anyio.to_thread.run_sync(_place, partial, sink_dir(data_dir), found["name"])

@@ -9,12 +9,23 @@ from __future__ import annotations
 import asyncio
 import re
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from connector.dataplane.sources.ranges import ByteRange
+from runtime.settings import DATABASE_FILE
+
+# What a participant directory holds for the connector itself, relative to it: never a data source.
+CONNECTOR_FILES = (
+    "keys",
+    "secrets",
+    "management-api-key",
+    "tessera.toml",
+    "sink/.registrations",
+    "sink/.partial",
+)
 
 StopSignal = asyncio.Event | Callable[[], bool]
 SecretResolver = Callable[[str], str | None]
@@ -90,6 +101,7 @@ class SourceConfig:
     """The provider's settings for opening sources (the control plane builds one per connector)."""
 
     file_roots: tuple[Path, ...]
+    file_denied: tuple[Path, ...] = ()  # never served, even inside a root (the connector's own files)
     secrets: SecretResolver = no_secrets
     connect_timeout: float = 10.0
     read_timeout: float = 30.0
@@ -102,8 +114,21 @@ class SourceConfig:
 
     @classmethod
     def for_data_dir(cls, data_dir: Path, **overrides: Any) -> SourceConfig:
-        """Files only under ``data_dir``; ``secretName`` resolved from ``<data_dir>/secrets/``."""
-        return cls(file_roots=(data_dir,), secrets=secret_file_resolver(data_dir / "secrets"), **overrides)
+        """Files only under ``data_dir``, never the connector's own (keys, secrets, settings, database,
+        sink bookkeeping); ``secretName`` resolved from ``<data_dir>/secrets/``."""
+        own = (
+            *CONNECTOR_FILES,
+            DATABASE_FILE,
+            f"{DATABASE_FILE}-wal",
+            f"{DATABASE_FILE}-shm",
+            f"{DATABASE_FILE}-journal",
+        )
+        options: dict[str, Any] = {
+            "file_roots": (data_dir,),
+            "file_denied": tuple(data_dir / name for name in own),
+            "secrets": secret_file_resolver(data_dir / "secrets"),
+        }
+        return cls(**{**options, **overrides})
 
 
 @dataclass(frozen=True)
@@ -115,7 +140,6 @@ class ConsumerRequest:
     query: Sequence[tuple[str, str]] = ()
     body: bytes | None = None
     content_type: str | None = None
-    headers: Mapping[str, str] = field(default_factory=dict)  # not forwarded; kept for the caller
 
 
 class Stopper:

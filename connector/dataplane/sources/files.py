@@ -33,8 +33,9 @@ MEDIA_TYPES = {
 }
 
 
-def resolve_under_roots(raw: str, roots: tuple[Path, ...]) -> Path:
-    """The real path of ``raw`` if it lies inside a root (relative paths: inside the first root)."""
+def resolve_under_roots(raw: str, roots: tuple[Path, ...], denied: tuple[Path, ...] = ()) -> Path:
+    """The real path of ``raw`` if it lies inside a root (relative paths: inside the first root)
+    and not inside a denied path."""
     if not roots:
         raise AddressError("file sources are disabled: no data directory is configured")
     if "\x00" in raw:
@@ -48,6 +49,9 @@ def resolve_under_roots(raw: str, roots: tuple[Path, ...]) -> Path:
         raise SourceNotFound("the asset's file does not exist") from None
     except (OSError, RuntimeError):
         raise AddressError("the asset's file path cannot be resolved") from None
+    for path in denied:
+        if real.is_relative_to(path.resolve()):
+            raise AddressError("the asset's file is one of the connector's own files, which are never served")
     for root in roots:
         if real.is_relative_to(root.resolve()):
             return real
@@ -91,7 +95,7 @@ def open_file_source(address: Mapping[str, Any], config: SourceConfig) -> FileSo
     raw = text_field(address, "path")
     if raw is None:
         raise AddressError("a File data address needs 'path'")
-    path = resolve_under_roots(raw, config.file_roots)
+    path = resolve_under_roots(raw, config.file_roots, config.file_denied)
     try:
         stat = path.stat()
     except OSError:

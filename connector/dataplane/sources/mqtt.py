@@ -88,14 +88,12 @@ class MqttSource(Source):
             raise RangeNotSupported("an MQTT source serves no byte ranges")
         messages = aiter(self._client.messages)
         stopped = asyncio.ensure_future(self._stopper.wait())
+        received: asyncio.Future[aiomqtt.Message] | None = None
         try:
             while not stopped.done():
                 received = asyncio.ensure_future(anext(messages))
                 done, _ = await asyncio.wait({received, stopped}, return_when=asyncio.FIRST_COMPLETED)
                 if received not in done:
-                    received.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration, aiomqtt.MqttError):
-                        await received
                     break
                 try:
                     message = received.result()
@@ -106,10 +104,12 @@ class MqttSource(Source):
                 payload = message.payload
                 data = payload if isinstance(payload, bytes | bytearray) else str(payload).encode()
                 yield message_line(str(message.topic), bytes(data))
-        finally:
-            stopped.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await stopped
+        finally:  # stopped, failed, or cancelled because the consumer went away
+            for waiting in (received, stopped):
+                if waiting is not None and not waiting.done():
+                    waiting.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration, aiomqtt.MqttError):
+                        await waiting
             await self.aclose()
 
     async def aclose(self) -> None:
