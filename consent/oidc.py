@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import httpx
 from authlib.oauth2.rfc6749.parameters import prepare_grant_uri, prepare_token_request
@@ -68,6 +68,11 @@ def _endpoint(document: dict[str, Any], name: str, issuer: str) -> str:
     return value
 
 
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
 class OidcClient:
     """One configured provider: cached discovery and keys, authorization URLs, code redemption."""
 
@@ -114,6 +119,15 @@ class OidcClient:
         self._metadata_at = time.monotonic()
         self._keys = None
         return self._metadata
+
+    def form_targets(self) -> list[str]:
+        """Origins a sign-in form may lead to, for the CSP: the issuer's, and its authorization
+        endpoint's once discovery has named it (never fetched here: a provider that is down must not
+        slow the sign-in page)."""
+        origins = {_origin(self.config.issuer)}
+        if self._metadata is not None:
+            origins.add(_origin(self._metadata.authorization_endpoint))
+        return sorted(origins)
 
     async def authorization_url(self, *, state: str, nonce: str, code_verifier: str) -> str:
         metadata = await self.metadata()

@@ -182,7 +182,17 @@ def seed(data_dir: Path) -> tuple[dict[str, str], dict[str, str]]:
     engine = make_engine(settings.resolved_database_url)
     try:
         with Session(engine) as session:
-            trips = register_agreement(session, TRANSIT, terms(controller_name="Tessera Transit"))
+            trips = register_agreement(
+                session,
+                TRANSIT,
+                terms(
+                    controller_name="Tessera Transit",
+                    recipients=[
+                        {"did": CITY, "name": "City of Tessera"},
+                        {"did": UTILITY, "name": "Tessera Utility"},
+                    ],
+                ),
+            )
             parking = register_agreement(
                 session,
                 CITY,

@@ -19,6 +19,18 @@ CONTENT_SECURITY_POLICY = (
     "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
     "frame-ancestors 'none'; base-uri 'none'"
 )
+
+
+def csp_with_form_targets(origins: list[str]) -> dict[str, str]:
+    """The CSP of a page whose form may lead on to these origins (the sign-in provider's)."""
+    allowed = " ".join(["'self'", *origins])
+    return {
+        "Content-Security-Policy": CONTENT_SECURITY_POLICY.replace(
+            "form-action 'self'", f"form-action {allowed}"
+        )
+    }
+
+
 PAGE_HEADERS = {
     "Content-Security-Policy": CONTENT_SECURITY_POLICY,
     "X-Content-Type-Options": "nosniff",

@@ -22,6 +22,7 @@ from consent.pages.auth import PAGES_PATH, Citizen, csrf_matches, require_citize
 from consent.pages.render import message_page, page, refused_page, stylesheet
 from consent.pages.words import (
     Names,
+    category_words,
     duration_words,
     lawful_basis_words,
     purpose_words,
@@ -40,7 +41,7 @@ from consent.service import (
     transfers_of,
     withdraw_everything,
 )
-from runtime.dependencies import db_session, service_core
+from runtime.dependencies import db_session
 from runtime.forms import form_text, read_form
 
 METHOD = "self-service-page"
@@ -53,8 +54,9 @@ def _actor(citizen: Citizen) -> str:
 
 
 def _signer(request: Request) -> ReceiptSigner:
-    core = service_core(request)
-    return ReceiptSigner(did=core.settings.did, key=core.key)
+    """The service's receipt signer (its DID and key), made once by the app factory."""
+    signer: ReceiptSigner = request.app.state.receipt_signer
+    return signer
 
 
 def _error_page(request: Request, citizen: Citizen, error: ConsentError) -> Response:
@@ -133,6 +135,7 @@ def citizen_pages_router() -> APIRouter:
             names=names,
             purpose_words=purpose_words,
             duration_words=duration_words,
+            category_words=category_words,
             lawful_basis_words=lawful_basis_words,
             state_words=state_words,
         )

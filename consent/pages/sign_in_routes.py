@@ -41,7 +41,7 @@ from consent.pages.auth import (
     sign_in_csrf,
     sign_in_csrf_matches,
 )
-from consent.pages.render import message_page, page, refused_page
+from consent.pages.render import csp_with_form_targets, message_page, page, refused_page
 from consent.settings import ConsentSettings
 from runtime.dependencies import db_session
 from runtime.forms import form_text, read_form
@@ -93,12 +93,14 @@ def sign_in_router(settings: ConsentSettings) -> APIRouter:
         headers: dict[str, str] | None = None,
     ) -> HTMLResponse:
         token = sign_in_csrf(request)
+        # The "sign in with" form is answered by a redirect to the provider: the CSP must allow it.
+        csp = csp_with_form_targets(oidc.form_targets()) if oidc is not None else {}
         response = page(
             request,
             "sign_in.html",
             title="Sign in" if error is None else "Sign in: not signed in",
             status=status,
-            headers=headers,
+            headers={**csp, **(headers or {})},
             sign_in_csrf=token,
             next_path=next_path,
             error=error,

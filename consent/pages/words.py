@@ -25,6 +25,12 @@ def purpose_words(purpose: str) -> str:
     return re.sub(r"[-_.:]+", " ", purpose).strip()
 
 
+def category_words(category: str) -> str:
+    """``dpv:TravelHistory`` → ``travel history``; ``card-number`` → ``card number``."""
+    name = category.rsplit(":", 1)[-1]
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", " ", name).replace("-", " ").replace("_", " ").lower()
+
+
 def state_words(state: str) -> str:
     return STATE_WORDS.get(state, state)
 
