@@ -22,7 +22,7 @@ from fastapi.concurrency import run_in_threadpool
 from sqlmodel import Session
 
 from catalog.dcat import validate_metadata
-from connector.consent_gate import open_release, report_release
+from connector.consent_gate import batch_size_for, open_release, report_release
 from connector.data_access import AccessDenied, add_bytes, authorize_push
 from connector.dataplane.gate import ClosedGate, GateContext, PersonalDataGate
 from connector.dataplane.gated_stream import GatedStream
@@ -107,11 +107,13 @@ class Pusher:
             plain = stream
 
             async def gated() -> AsyncIterator[bytes]:
+                gate = open_release(self.gate)
                 filtered = GatedStream(
-                    open_release(self.gate),
+                    gate,
                     context,
                     media_type=media_type,
                     subject_field=meta.subject_field or "",
+                    batch_size=batch_size_for(gate),
                 )
                 try:
                     async for chunk in filtered.filter(plain()):

@@ -29,7 +29,7 @@ from sqlmodel import Session
 
 from catalog.assets import AssetRecord
 from catalog.dcat import validate_metadata
-from connector.consent_gate import LIVE_FLUSH_SECONDS, open_release, report_release
+from connector.consent_gate import LIVE_FLUSH_SECONDS, batch_size_for, open_release, report_release
 from connector.data_access import AccessDenied, add_bytes, authorize, refresh, uncount
 from connector.dataplane.gate import (
     CLOSED_GATE_REASON,
@@ -112,6 +112,7 @@ def _gated(
         media_type=source.media_type,
         subject_field=meta.subject_field or "",
         flush_after=LIVE_FLUSH_SECONDS if source.live else None,  # a live record waits at most this long
+        batch_size=batch_size_for(gate),
     )
     return stream, isinstance(gate, ClosedGate)
 
