@@ -23,7 +23,6 @@ provider process's peak memory growth during the pull (its peak RSS is reset thr
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import subprocess
@@ -189,7 +188,7 @@ def run(quick: bool) -> BenchResult:
     count = 100_000 if quick else 1_000_000
     rounds = 2
     load = os.getloadavg()[0]
-    with contextlib.nullcontext(tempfile.mkdtemp(prefix="tessera-bench-gate-pull-")) as tmp:
+    with tempfile.TemporaryDirectory(prefix="tessera-bench-gate-pull-") as tmp:
         root = Path(tmp)
         ports = {name: free_port() for name in ("consent", "transit", "city")}
         init_participant(root / "consent", "consent", ports["consent"], kind="consent")

@@ -1,8 +1,8 @@
 """Consent-gated release: the data plane's personal-data gate, answered by the citizen consent service.
 
 ``ConsentGate`` implements ``PersonalDataGate`` with ``consent.client``: controller = this
-connector's DID, recipient = the consuming participant, purpose = the agreed purpose, dataset =
-the asset. Subject ids are turned into keyed hashes by the client before anything leaves the
+connector's DID, recipient = the consuming participant, purpose = the purpose the consumer declared
+(which the transfer's agreement must bind: ``connector.agreed_purpose``), dataset = the asset. Subject ids are turned into keyed hashes by the client before anything leaves the
 connector; nothing here logs them.
 
 Withdrawal: the gate keeps no answers across releases. Each release (one pull, one push, one
@@ -24,6 +24,7 @@ import asyncio
 import re
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -60,12 +61,49 @@ DECISION_RETRY_PAUSES = (0.2, 0.5)  # after a 5xx from the consent service (then
 # Subjects per summary request: the consent service writes each request in one transaction, and
 # small ones keep its database free for decisions meanwhile (SQLite has one writer at a time).
 REPORT_CHUNK = 1000
+PSEUDONYM_CACHE = 100_000  # subjects whose keyed hash is kept (about 20 MB at most)
 
 
 class FeedAwareClient(ConsentClient):
     """The consent client, counting the change-feed events that may change an answer."""
 
     generation = 0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # raw id -> keyed hash: the same card recurs in every pull, and HMAC per record is the
+        # largest cost of a gated pull. Not a consent answer (the key never changes), bounded.
+        self._pseudonyms: dict[str, str] = {}
+
+    def pseudonym(self, subject_id: str) -> str:
+        known = self._pseudonyms.get(subject_id)
+        if known is None:
+            if len(self._pseudonyms) >= PSEUDONYM_CACHE:
+                self._pseudonyms.clear()
+            known = self._pseudonyms[subject_id] = super().pseudonym(subject_id)
+        return known
+
+    async def decide_now(
+        self, recipient: str, purpose: str, dataset: str, subjects: Sequence[str]
+    ) -> tuple[frozenset[str], str]:
+        """A fresh answer for distinct raw ``subjects``: (those allowed, the decision ids).
+
+        The same question as ``decide(..., fresh=True)``, with less work per subject (a gated pull
+        asks about every record's subject).
+        """
+        known = self._pseudonyms
+        hashes = [known.get(s) or self.pseudonym(s) for s in subjects]
+        raw_of = dict(zip(hashes, subjects, strict=True))
+        if len(raw_of) != len(subjects):  # two spellings of one id (surrounding spaces): the general path
+            answer = await self.decide(recipient, purpose, dataset, subjects, fresh=True)
+            return answer.allowed, "+".join(answer.decision_ids)
+        allowed: set[str] = set()
+        ids: list[str] = []
+        for start in range(0, len(hashes), self._batch):
+            body = await self._ask(recipient, purpose, dataset, hashes[start : start + self._batch])
+            allowed.update(map(raw_of.__getitem__, body["allowed"]))
+            ids.append(body["decision_id"])
+        return frozenset(allowed), "+".join(ids)
 
     def apply_change(self, kind: str, seq: int, data: dict[str, Any]) -> None:
         super().apply_change(kind, seq, data)
@@ -209,8 +247,8 @@ class ConsentGate:
             raise GateFailure("the agreement names no purpose: personal data is released for a purpose only")
         for pause in (*DECISION_RETRY_PAUSES, None):
             try:
-                answer = await client.decide(
-                    context.recipient, context.purpose, context.dataset_id, subjects, fresh=True
+                allowed, decision_id = await client.decide_now(
+                    context.recipient, context.purpose, context.dataset_id, subjects
                 )
                 break
             except ConsentServiceError as exc:
@@ -220,8 +258,8 @@ class ConsentGate:
                 if pause is None or not _server_error(exc):
                     raise failure from None
                 await asyncio.sleep(pause)
-        decision_id = "+".join(answer.decision_ids) or "consent"
-        return GateDecision(answer.allowed, decision_id, WITHHELD_REASON if answer.withheld else None)
+        reason = WITHHELD_REASON if len(allowed) < len(subjects) else None
+        return GateDecision(allowed, decision_id or "consent", reason)
 
     async def follow_changes(self) -> None:
         """A background job: follow the change feed (reconnecting) so reused answers drop at once."""
@@ -243,6 +281,13 @@ class ConsentGate:
             await client.aclose()
 
 
+@dataclass(frozen=True)
+class _Answer:
+    allowed: frozenset[str]
+    asked_at: float  # monotonic, taken before the question was sent
+    decision_id: str
+
+
 class ReleaseGate:
     """The gate of one release: an answer per subject is reused for at most ``memo_seconds``."""
 
@@ -251,8 +296,7 @@ class ReleaseGate:
         self._seen = gate.generation
         self.release_id = f"{time.time_ns() // 1_000_000:x}"  # the summary's id within its transfer
         self._purpose_checked = False
-        # raw subject id -> (allowed, when asked (monotonic), the decision's id)
-        self._memo: dict[str, tuple[bool, float, str]] = {}
+        self._memo: dict[str, _Answer] = {}  # raw subject id -> the answer that decided it
 
     async def decide(self, subjects: Sequence[str], context: GateContext) -> GateDecision:
         if not self._purpose_checked:
@@ -261,25 +305,38 @@ class ReleaseGate:
         self._forget_if_changed()
         now = time.monotonic()
         oldest = now - self._gate.memo_seconds
-        if len(self._memo) > MEMO_PRUNE_AT:
-            self._memo = {s: e for s, e in self._memo.items() if e[1] > oldest}
-        ask = [s for s in subjects if (entry := self._memo.get(s)) is None or entry[1] <= oldest]
-        if ask:
+        memo = self._memo
+        if len(memo) > MEMO_PRUNE_AT:
+            self._memo = memo = {s: a for s, a in memo.items() if a.asked_at > oldest}
+        if memo:
+            get = memo.get
+            ask = [s for s in subjects if (known := get(s)) is None or known.asked_at <= oldest]
+        else:
+            ask = list(subjects)
+        if len(ask) == len(subjects):  # nothing reused: the fresh answer is the decision
+            answer = await self._ask(ask, context, now)
+            if not self._forget_if_changed(keep=ask):
+                return self._decision(answer.allowed, [answer.decision_id], len(subjects))
+        elif ask:
             await self._ask(ask, context, now)
             if self._forget_if_changed(keep=ask):  # a change arrived meanwhile: re-ask the older answers
                 again = [s for s in subjects if s not in self._memo]
                 if again:
                     await self._ask(again, context, time.monotonic())
         memo = self._memo
-        released = frozenset(s for s in subjects if memo[s][0])
-        ids = sorted({memo[s][2] for s in subjects})
-        reason = WITHHELD_REASON if len(released) < len(subjects) else None
-        return GateDecision(released, "+".join(ids), reason)
+        answers = [memo[s] for s in subjects]
+        released = frozenset(s for s, a in zip(subjects, answers, strict=True) if s in a.allowed)
+        return self._decision(released, sorted({a.decision_id for a in answers}), len(subjects))
 
-    async def _ask(self, subjects: list[str], context: GateContext, asked_at: float) -> None:
-        answer = await self._gate.decide(subjects, context)
-        for subject in subjects:
-            self._memo[subject] = (subject in answer.released, asked_at, answer.decision_id)
+    @staticmethod
+    def _decision(released: frozenset[str], ids: Sequence[str], asked: int) -> GateDecision:
+        return GateDecision(released, "+".join(ids), WITHHELD_REASON if len(released) < asked else None)
+
+    async def _ask(self, subjects: list[str], context: GateContext, asked_at: float) -> _Answer:
+        decision = await self._gate.decide(subjects, context)
+        answer = _Answer(decision.released, asked_at, decision.decision_id)
+        self._memo.update(dict.fromkeys(subjects, answer))
+        return answer
 
     def report(self, context: GateContext, counts: dict[str, int]) -> None:
         self._gate.report(context, f"{context.transfer_id}.{self.release_id}", counts)
@@ -290,8 +347,7 @@ class ReleaseGate:
         if generation == self._seen:
             return False
         self._seen = generation
-        kept = {s: self._memo[s] for s in keep if s in self._memo}
-        self._memo = kept
+        self._memo = {s: self._memo[s] for s in keep if s in self._memo}
         return True
 
 
