@@ -291,7 +291,7 @@ def run(quick: bool) -> BenchResult:
                 rss_start = vm_rss_mb(process.pid)
                 warm = batches(hashes, 5, rng)
                 started = time.perf_counter()
-                over_http(url, peer, settings.did, warm[:1], 1)  # the first decision loads the index
+                over_http(url, peer, settings.did, warm[:1], 1)  # waits for the index, loading since start-up
                 first_s = time.perf_counter() - started
                 over_http(url, peer, settings.did, warm[1:], 1)
                 cpu_before = cpu_seconds(process.pid)
@@ -334,7 +334,8 @@ def run(quick: bool) -> BenchResult:
             f"{count:,} consent records ({count // 2:,} given, the rest refused), seeded in {seed_s:.1f} s; "
             f"{requests} batches of {BATCH} random subjects; each batch's allowed count checked equal across "
             "raw SQL, index and HTTP",
-            f"index load: {index_load_s:.1f} s in-process; first HTTP decision (loads the server's index) "
+            f"index load: {index_load_s:.1f} s in-process; first HTTP decision after /health answered (the server "
+            f"loads its index in the background from start-up) "
             f"{first_s:.1f} s; consent service RSS {rss_start:.0f} MB after start, {rss_loaded:.0f} MB with the "
             f"index loaded (peak {peak:.0f} MB)",
             "HTTP = POST /api/v1/decisions on a kept-alive loopback connection (http.client), a fresh "

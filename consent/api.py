@@ -8,6 +8,7 @@ decision or report is about the authenticated peer's own DID.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Annotated, Any
 
@@ -178,6 +179,8 @@ def connector_router(index: DecisionIndex, limiter: RateLimiter) -> APIRouter:
             )
         if len(body.subjects) > settings.max_decision_subjects:
             raise InvalidInput(f"at most {settings.max_decision_subjects} subjects per request")
+        if not index.loaded:  # the first load takes seconds with millions of consents: not on the event loop
+            await asyncio.to_thread(index.refresh)
         decision = index.decide(body.controller, body.recipient, body.purpose, body.dataset, body.subjects)
         answer = {
             "decision_id": decision.decision_id,

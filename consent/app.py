@@ -50,8 +50,14 @@ def create_app(core: ServiceCore) -> FastAPI:
             except Exception:  # the sweep only writes down what decisions already enforce
                 log.exception("expiry sweep failed")
 
-    async def close_index_at_shutdown() -> None:
+    async def load_index_then_close_at_shutdown() -> None:
         try:
+            try:  # ready before the first decision, if it can be
+                await asyncio.to_thread(index.refresh)
+            except Exception:
+                get_logger("tessera.consent").exception(
+                    "decision index not loaded at start; the first decision loads it"
+                )
             await asyncio.Event().wait()
         finally:
             index.close()
@@ -60,7 +66,7 @@ def create_app(core: ServiceCore) -> FastAPI:
         core,
         title=f"Tessera consent service {settings.name}",
         services=consent_services(settings.did, settings.api_url),
-        background=[sweep_expired, close_index_at_shutdown],
+        background=[sweep_expired, load_index_then_close_at_shutdown],
     )
     app.state.decision_index = index
     app.state.receipt_signer = signer

@@ -21,8 +21,9 @@ import hashlib
 import hmac
 import json
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -33,6 +34,7 @@ from identity.peer_client import PeerClient
 DEFAULT_BATCH = 1000
 FEED_SILENCE_SECONDS = 5.0  # the feed sends a heartbeat every second; this much silence means it is lost
 MAX_RESPONSE_BYTES = 8 * 1024 * 1024
+REPORT_BATCH = 10_000  # the service's limit per transfer report
 
 
 class ConsentServiceError(Exception):
@@ -182,6 +184,46 @@ class ConsentClient:
 
     def forget_everything(self) -> None:
         self._cache.clear()
+
+    # ---- transfer summaries ----------------------------------------------------------------
+
+    async def report_transfer(
+        self,
+        transfer_id: str,
+        recipient: str,
+        purpose: str,
+        dataset: str,
+        transferred_at: datetime,
+        records_per_subject: Mapping[str, int],
+    ) -> dict[str, int]:
+        """Tell the consent service how many records of each subject (raw ids, hashed here) went out.
+
+        Counts are cumulative for the transfer: report the running totals, as often as wanted.
+        """
+        counts: dict[str, int] = {}
+        for subject, records in records_per_subject.items():
+            if records > 0:
+                pseudonym = self.pseudonym(subject)
+                counts[pseudonym] = counts.get(pseudonym, 0) + records
+        answer: dict[str, int] = {"citizens": 0, "unmatched": 0}
+        items = sorted(counts.items())
+        for start in range(0, len(items), REPORT_BATCH):
+            body = {
+                "transfer_id": transfer_id,
+                "recipient": recipient,
+                "purpose": purpose,
+                "dataset": dataset,
+                "transferred_at": transferred_at.isoformat(),
+                "subjects": [{"subject": h, "records": n} for h, n in items[start : start + REPORT_BATCH]],
+            }
+            reply = await _call(
+                self._http, self._peers, self._audience, "POST", f"{self._api}/transfer-summaries", json=body
+            )
+            if not isinstance(reply, dict) or not all(isinstance(reply.get(k), int) for k in answer):
+                raise ConsentUnavailable("the consent service's answer to a transfer report is not valid")
+            for key in answer:
+                answer[key] += reply[key]
+        return answer
 
     # ---- the change feed --------------------------------------------------------------------
 

@@ -123,6 +123,10 @@ class DecisionIndex:
         self._watch: Connection | None = None
 
     @property
+    def loaded(self) -> bool:
+        return self._seq >= 0
+
+    @property
     def revision(self) -> int:
         return self._seq
 

@@ -48,11 +48,6 @@ def next_seq(session: Session) -> tuple[int, str]:
     return int(row[0]), str(row[1])
 
 
-def current_seq(session: Session) -> int:
-    seq = session.exec(select(FeedHead.seq).where(FeedHead.id == HEAD_ID)).first()
-    return int(seq or 0)
-
-
 def record_change(
     session: Session,
     seq: int,
@@ -160,7 +155,9 @@ def verify_history(session: Session, *, batch: int = 10_000) -> int:
     previous = GENESIS
     count = 0
     last_seq = -1
-    last_by_record: dict[str, ConsentEvent] = {}
+    last_by_record: dict[
+        str, tuple[int, str, int | None]
+    ] = {}  # record -> (seq, state, expiry) of its last event
     while True:
         events = session.exec(
             select(ConsentEvent).where(ConsentEvent.seq > last_seq).order_by(ConsentEvent.seq).limit(batch)  # type: ignore[arg-type]
@@ -176,23 +173,21 @@ def verify_history(session: Session, *, batch: int = 10_000) -> int:
             if event_hash(event) != event.hash:
                 raise HistoryTampered(event.seq, f"event {event.seq} was changed after it was written")
             previous = event.hash
-            last_by_record[event.record_id] = event
+            last_by_record[event.record_id] = (event.seq, event.state, event.expires_at)
             last_seq = event.seq
             count += 1
+        session.expunge_all()  # keep memory flat over millions of events
     head = session.get(FeedHead, HEAD_ID)
     head_hash = head.last_event_hash if head is not None else GENESIS
     if head_hash != previous:
         raise HistoryTampered(
             None, "the newest events are missing: the history ends before the recorded head"
         )
-    for row in session.exec(select(ConsentRecord)).all():
-        last = last_by_record.get(row.id)
-        if last is None or (last.seq, last.state, last.expires_at) != (
-            row.last_seq,
-            row.state,
-            row.expires_at,
-        ):
+    records = select(ConsentRecord.id, ConsentRecord.last_seq, ConsentRecord.state, ConsentRecord.expires_at)
+    for record_id, seq, state, expires_at in session.execute(records).yield_per(batch):
+        last = last_by_record.get(record_id)
+        if last != (seq, state, expires_at):
             raise HistoryTampered(
-                last.seq if last else None, f"consent record {row.id} does not match its history"
+                last[0] if last else None, f"consent record {record_id} does not match its history"
             )
     return count

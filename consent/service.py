@@ -15,7 +15,6 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, TypeVar
 
-from sqlalchemy import delete
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import Session, col, select
 
@@ -831,11 +830,3 @@ def export_citizen(session: Session, citizen_id: str, now: int | None = None) ->
         "transfers": [as_dict(view) for view in transfers_of(session, citizen_id)],
         "agreement_revisions": revisions,
     }
-
-
-def delete_unused_changes_before(session: Session, seq: int) -> None:  # pragma: no cover - maintenance hook
-    """Compact the change log (the feed then answers 'reset' to a Last-Event-ID older than this)."""
-    from consent.models import ConsentChange as Row
-
-    session.execute(delete(Row).where(col(Row.seq) < seq))
-    session.commit()

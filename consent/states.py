@@ -24,9 +24,6 @@ class DpvState(StrEnum):
 
 
 GIVEN_STATES = frozenset({DpvState.GIVEN, DpvState.RENEWED})
-RECORDED_STATES = frozenset(
-    {DpvState.GIVEN, DpvState.RENEWED, DpvState.REFUSED, DpvState.WITHDRAWN, DpvState.EXPIRED}
-)
 
 
 class EventLike(Protocol):
@@ -55,16 +52,6 @@ class CurrentState:
     agreement_version: int | None
     since: int | None
     expires_at: int | None
-
-
-def is_valid(
-    state: str, agreement_version: int, expires_at: int | None, *, min_version: int, now: int
-) -> bool:
-    return (
-        state in GIVEN_STATES
-        and agreement_version >= min_version
-        and (expires_at is None or expires_at > now)
-    )
 
 
 def derive_state(events: Sequence[EventLike], *, min_version: int, now: int) -> CurrentState:

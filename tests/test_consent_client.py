@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,7 @@ class Running:
     engine: Engine
     served: Served
     transit: PeerClient
+    city: PeerClient
     agreement: str
     citizens: dict[str, str]
 
@@ -81,10 +83,11 @@ def running_consent_service(tmp_path: Path) -> Iterator[Running]:
     settings = load_consent_settings(data_dir)
     prepare_database(settings, "consent")
     engine = make_engine(settings.resolved_database_url)
-    key = Ed25519PrivateKey.generate()
+    key, city_key = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
     sign = signer()
     with Session(engine) as session:
         add_member(session, TRANSIT, "https://transit.example/dsp/2025-1", public_jwk(key.public_key()))
+        add_member(session, CITY, "https://city.example/dsp/2025-1", public_jwk(city_key.public_key()))
         agreement = register_agreement(session, TRANSIT, terms()).agreement_id
         citizens = {}
         for name, card in CARDS.items():
@@ -101,7 +104,15 @@ def running_consent_service(tmp_path: Path) -> Iterator[Running]:
         )
     try:
         with serving(data_dir, port) as served:
-            yield Running(settings, engine, served, PeerClient(TRANSIT, key), agreement, citizens)
+            yield Running(
+                settings,
+                engine,
+                served,
+                PeerClient(TRANSIT, key),
+                PeerClient(CITY, city_key),
+                agreement,
+                citizens,
+            )
     finally:
         engine.dispose()
 
@@ -142,6 +153,17 @@ def test_client_decides_by_keyed_hash_and_the_feed_drops_withdrawn_answers(tmp_p
                 fresh = await client.decide(CITY, "traffic-planning", "card-trips", cards, fresh=True)
                 assert fresh.allowed == {"4711-0001"}
                 assert len(fresh.decision_ids) == 1
+
+                # What went out is reported by hash; the citizen sees it.
+                reported = await client.report_transfer(
+                    "tp-7",
+                    CITY,
+                    "traffic-planning",
+                    "card-trips",
+                    datetime.now(UTC),
+                    {"4711-0001": 5, "0000-0000": 2},
+                )
+                assert reported == {"citizens": 1, "unmatched": 1}
                 return {"latency": latency}
             finally:
                 follower.cancel()
@@ -152,6 +174,9 @@ def test_client_decides_by_keyed_hash_and_the_feed_drops_withdrawn_answers(tmp_p
         result = asyncio.run(scenario())
         # A bound on the feed (poll 0.1 s + delivery); generous because the machine is shared.
         assert result["latency"] < 10
+        with Session(running.engine) as session:
+            (summary,) = service.transfers_of(session, running.citizens["alice"])
+            assert (summary.transfer_id, summary.record_count) == ("tp-7", 5)
         log = running.served.log_path.read_text()
         assert "4711-0001" not in log
         assert "4711-0003" not in log
@@ -166,22 +191,7 @@ def test_change_feed_resumes_from_last_event_id(tmp_path: Path) -> None:
             "Authorization": running.transit.authorization_for(running.settings.did),
             "Last-Event-ID": str(seq - 1),
         }
-        events: list[tuple[str, int, dict[str, Any]]] = []
-        with httpx.stream("GET", url, headers=headers, timeout=30) as response:
-            assert response.status_code == 200
-            assert response.headers["content-type"].startswith("text/event-stream")
-            event, ident, data = "", 0, ""
-            for line in response.iter_lines():
-                if line.startswith("event:"):
-                    event = line[6:].strip()
-                elif line.startswith("id:"):
-                    ident = int(line[3:])
-                elif line.startswith("data:"):
-                    data = line[5:].strip()
-                elif line == "":
-                    events.append((event, ident, json.loads(data)))
-                    if event == "consent":
-                        break
+        events = _read_feed(url, headers, until="consent")
         kind, ident, payload = events[-1]
         assert (kind, ident) == ("consent", seq)
         assert payload["state"] == "ConsentWithdrawn"
@@ -189,6 +199,14 @@ def test_change_feed_resumes_from_last_event_id(tmp_path: Path) -> None:
         assert payload["purpose"] == "traffic-planning"
         assert payload["recipient"] == CITY
         assert payload["subjects"] == [client.pseudonym("4711-0001")]
+
+        # Another member's feed from the same position holds none of transit's changes.
+        city = {"Authorization": running.city.authorization_for(running.settings.did), "Last-Event-ID": "0"}
+        theirs = _read_feed(url, city, until="head")
+        assert {kind for kind, _, _ in theirs} == {"head"}
+        assert theirs[-1][1] >= seq  # the stream went past transit's withdrawal without showing it
+        assert "4711" not in json.dumps(theirs)
+        assert client.pseudonym("4711-0001") not in json.dumps(theirs)
 
         # Without a token, or with a position that is not a number, the feed refuses.
         assert httpx.get(url, timeout=10).status_code == 401
@@ -199,6 +217,27 @@ def test_change_feed_resumes_from_last_event_id(tmp_path: Path) -> None:
         }
         assert httpx.get(url, headers=bad, timeout=10).status_code == 422
         asyncio.run(client.aclose())
+
+
+def _read_feed(url: str, headers: dict[str, str], *, until: str) -> list[tuple[str, int, dict[str, Any]]]:
+    """Server-sent events from ``url`` up to the first of kind ``until`` after the opening one."""
+    events: list[tuple[str, int, dict[str, Any]]] = []
+    with httpx.stream("GET", url, headers=headers, timeout=30) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        event, ident, data = "", 0, ""
+        for line in response.iter_lines():
+            if line.startswith("event:"):
+                event = line[6:].strip()
+            elif line.startswith("id:"):
+                ident = int(line[3:])
+            elif line.startswith("data:"):
+                data = line[5:].strip()
+            elif line == "":
+                events.append((event, ident, json.loads(data)))
+                if event == until and len(events) > 1:  # the opening event only says where the stream starts
+                    break
+    return events
 
 
 def _client_against(handler: Any) -> ConsentClient:

@@ -205,6 +205,21 @@ def test_an_edited_history_is_detected(database_url: str) -> None:
             verify_history(session)
 
 
+def test_a_record_changed_behind_its_history_is_detected(database_url: str) -> None:
+    """Decisions read the record's state columns; one rewritten without an event shows."""
+    sign = signer()
+    with consent_engine(database_url) as engine:
+        with Session(engine) as session:
+            agreement = register_agreement(session, TRANSIT, terms()).agreement_id
+            gina = service.create_citizen(session)
+            service.refuse_consent(session, sign, gina, agreement, CITY, **actor(gina))
+            assert verify_history(session) == 1
+        with engine.begin() as connection:
+            connection.execute(text("UPDATE consent_record SET state = 'ConsentGiven'"))
+        with Session(engine) as session, pytest.raises(HistoryTampered, match="does not match its history"):
+            verify_history(session)
+
+
 def test_a_removed_event_is_detected(database_url: str) -> None:
     sign = signer()
     with consent_engine(database_url) as engine:
