@@ -51,16 +51,15 @@ log = get_logger("tessera.consent_gate")
 WITHHELD_REASON = "no valid consent (unknown, refused, withdrawn or expired)"
 DEFAULT_MEMO_SECONDS = 1.0
 MEMO_PRUNE_AT = 200_000  # a release's reused answers: drop the expired ones beyond this many
-LIVE_FLUSH_SECONDS = 0.5  # a live stream's record waits at most this long for its batch's decision
 REPORT_ATTEMPTS = 4
+# Subjects per summary request: the consent service writes each request in one transaction, and
+# small ones keep its database free for decisions meanwhile (SQLite has one writer at a time).
+REPORT_CHUNK = 1000
 # Records a release decides at once (at most this many subjects per decision request, which is the
 # consent service's default limit): each request costs a token check and a write at the service, so
 # fewer, larger requests keep a pull fast. A live stream's batch is decided sooner (flush_after).
 RELEASE_BATCH_RECORDS = 10_000
 DECISION_RETRY_PAUSES = (0.2, 0.5)  # after a 5xx from the consent service (then the release fails)
-# Subjects per summary request: the consent service writes each request in one transaction, and
-# small ones keep its database free for decisions meanwhile (SQLite has one writer at a time).
-REPORT_CHUNK = 1000
 PSEUDONYM_CACHE = 100_000  # subjects whose keyed hash is kept (about 20 MB at most)
 
 
@@ -109,19 +108,6 @@ class FeedAwareClient(ConsentClient):
         super().apply_change(kind, seq, data)
         if kind != "head":
             self.generation += 1
-
-    async def report_transfer(self, body: dict[str, Any]) -> None:
-        """Send one transfer summary (subject hashes and record counts); ConsentServiceError if refused."""
-        try:
-            response = await self._http.post(
-                f"{self._api}/transfer-summaries",
-                json=body,
-                headers={"Authorization": self._peers.authorization_for(self._audience)},
-            )
-        except Exception as exc:
-            raise ConsentUnavailable(f"the consent service cannot be reached: {type(exc).__name__}") from None
-        if response.status_code != 200:
-            raise ConsentUnavailable(f"the consent service answered HTTP {response.status_code}")
 
 
 class ConsentGate:
@@ -196,36 +182,27 @@ class ConsentGate:
         task.add_done_callback(self._reports.discard)
 
     async def _send_report(self, context: GateContext, release_id: str, counts: dict[str, int]) -> None:
-        by_hash: dict[str, int] = {}
         try:
             client = await self.client()
         except GateFailure as exc:
             log.warning("transfer summary not sent", transfer=context.transfer_id, reason=exc.reason)
             return
-        for subject, records in counts.items():
-            subject_hash = client.pseudonym(subject)
-            by_hash[subject_hash] = by_hash.get(subject_hash, 0) + records
-        items = [{"subject": h, "records": n} for h, n in by_hash.items()]
-        stamp = datetime.now(UTC).isoformat()
-        for start in range(0, len(items), REPORT_CHUNK):
-            body = {
-                "transfer_id": release_id,
-                "recipient": context.recipient,
-                "purpose": context.purpose,
-                "dataset": context.dataset_id,
-                "transferred_at": stamp,
-                "subjects": items[start : start + REPORT_CHUNK],
-            }
+        sent_at = datetime.now(UTC)
+        subjects = list(counts)
+        for start in range(0, len(subjects), REPORT_CHUNK):
+            part = {s: counts[s] for s in subjects[start : start + REPORT_CHUNK]}
             for attempt in range(REPORT_ATTEMPTS):
                 try:
-                    await client.report_transfer(body)
+                    await client.report_transfer(
+                        release_id, context.recipient, context.purpose, context.dataset_id, sent_at, part
+                    )
                     break
                 except ConsentServiceError as exc:
                     if attempt == REPORT_ATTEMPTS - 1:
                         log.warning("transfer summary not sent", transfer=context.transfer_id, error=str(exc))
                         return
                     await asyncio.sleep(0.5 * 2**attempt)
-        log.info("transfer summary sent", transfer=context.transfer_id, subjects=len(items))
+        log.info("transfer summary sent", transfer=context.transfer_id, subjects=len(counts))
 
     async def reports_sent(self) -> None:
         """Wait for the summaries under way (tests, shutdown)."""

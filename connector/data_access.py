@@ -18,7 +18,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from sqlalchemy import update
+from sqlalchemy import Engine, update
 from sqlmodel import Session
 
 from catalog.assets import AssetRecord, get_asset, now_millis
@@ -185,3 +185,27 @@ def refresh(session: Session, core: ServiceCore, peer_did: str, refresh_token: s
     session.add(row)
     session.commit()
     return endpoint_properties(address)
+
+
+class TransferStop:
+    """The stop signal of a live stream: True once the transfer is no longer STARTED or is being ended.
+
+    Polled by the source (every ``stop_poll_seconds``); reads the row at most every ``interval``.
+    """
+
+    def __init__(self, engine: Engine, transfer_id: str, interval: float = 0.5) -> None:
+        self._engine = engine
+        self._transfer_id = transfer_id
+        self._interval = interval
+        self._next = 0.0
+        self._stopped = False
+
+    def __call__(self) -> bool:
+        now = time.monotonic()
+        if self._stopped or now < self._next:
+            return self._stopped
+        self._next = now + self._interval
+        with Session(self._engine) as session:
+            row = session.get(TransferRow, self._transfer_id)
+            self._stopped = row is None or row.state != State.STARTED.value or row.pending_message is not None
+        return self._stopped

@@ -21,16 +21,15 @@ from typing import Any
 from fastapi.concurrency import run_in_threadpool
 from sqlmodel import Session
 
-from catalog.dcat import validate_metadata
 from connector.consent_gate import batch_size_for, open_release, report_release
-from connector.data_access import AccessDenied, add_bytes, authorize_push
+from connector.data_access import AccessDenied, TransferStop, add_bytes, authorize_push
+from connector.dataplane.asset_stream import open_asset_stream
 from connector.dataplane.gate import ClosedGate, GateContext, PersonalDataGate
-from connector.dataplane.gated_stream import GatedStream
-from connector.dataplane.push import PushFailed, PushTarget, push, source_stream
+from connector.dataplane.push import PushFailed, PushTarget, push
 from connector.dataplane.sources import SourceConfig, SourceError, open_source
 from connector.dsp.transfer_messages import endpoint_properties
 from connector.transfer_models import TransferRow
-from connector.transfer_states import Message, State
+from connector.transfer_states import Message
 from connector.transfers import end_by_provider
 from runtime.logging import get_logger
 from runtime.service import ServiceCore
@@ -66,11 +65,6 @@ class Pusher:
     def gate(self) -> PersonalDataGate:
         return self._gate_of() or ClosedGate()
 
-    def _still_started(self, transfer_id: str) -> bool:
-        with Session(self._core.engine) as session:
-            row = session.get(TransferRow, transfer_id)
-            return row is not None and row.state == State.STARTED.value and row.pending_message is None
-
     def _end(self, transfer_id: str, message: Message, reason: str, sent: int) -> None:
         with Session(self._core.engine) as session:
             add_bytes(session, transfer_id, sent)
@@ -86,10 +80,14 @@ class Pusher:
                 access = await run_in_threadpool(authorize_push, session, core, transfer_id)
             except AccessDenied as exc:
                 log.info("push refused", transfer=transfer_id, reason=exc.reason)
-                return  # a usage denial has queued the end of the transfer already
+                if not exc.ended:  # a usage denial has queued the end already; anything else ends it here
+                    await run_in_threadpool(self._end, transfer_id, Message.TERMINATION, exc.message, 0)
+                return
         row, asset = access.transfer, access.asset
         config = SourceConfig.for_data_dir(core.settings.data_dir)
-        meta = validate_metadata(asset.properties)
+        # The declared purpose: the consent gate checks that the agreement binds it.
+        context = GateContext(core.settings.did, row.counter_party_did, row.purpose or "", asset.id, row.id)
+        stop = TransferStop(core.engine, transfer_id)
         try:
             target = push_target(json.loads(row.data_destination or "{}"))
             probe = await open_source(asset.data_address, config)  # the media type, and a clear early failure
@@ -98,33 +96,25 @@ class Pusher:
         except (ValueError, SourceError) as exc:
             await run_in_threadpool(self._end, transfer_id, Message.TERMINATION, f"push failed: {exc}", 0)
             return
-        stream = source_stream(asset.data_address, config)
-        if meta.personal:
-            # The declared purpose: the consent gate checks that the agreement binds it.
-            context = GateContext(
-                core.settings.did, row.counter_party_did, row.purpose or "", asset.id, row.id
+        gate = self.gate
+
+        async def stream() -> AsyncIterator[bytes]:
+            # Each attempt opens the asset afresh (gated when personal; a live source ends when the
+            # transfer stops being STARTED).
+            release = open_release(gate)  # consent: answers reused within this attempt only
+            opened = await open_asset_stream(
+                asset, config, gate=release, context=context, stop=stop, batch_size=batch_size_for(release)
             )
-            plain = stream
-
-            async def gated() -> AsyncIterator[bytes]:
-                gate = open_release(self.gate)
-                filtered = GatedStream(
-                    gate,
-                    context,
-                    media_type=media_type,
-                    subject_field=meta.subject_field or "",
-                    batch_size=batch_size_for(gate),
-                )
-                try:
-                    async for chunk in filtered.filter(plain()):
-                        yield chunk
-                finally:
-                    report_release(filtered)  # the citizens' "who received my data"
-
-            stream = gated
+            try:
+                async for chunk in opened.chunks:
+                    yield chunk
+            finally:
+                await opened.aclose()
+                if opened.gated is not None:
+                    report_release(opened.gated)  # the citizens' "who received my data"
 
         def stopped() -> bool:
-            return not self._still_started(transfer_id)
+            return stop()
 
         try:
             result = await push(stream, target, media_type=media_type, stop=stopped)

@@ -8,7 +8,10 @@ move. Failures are retried with exponential backoff; after ``MAX_ATTEMPTS``,
 or at once on a 4xx refusal, the transfer is TERMINATED with the reason.
 
 When the consumer has acknowledged the start of a push transfer, the worker
-hands the transfer to ``pusher`` (the data plane), outside the lease.
+hands the transfer to ``pusher`` (the data plane). A push holds the row's lease
+too, renewed while it runs, so one replica pushes a transfer at a time; a
+STARTED push transfer with nothing queued and no live lease is a push that
+was interrupted (a restart, a crash), and the poll pushes it again.
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ from sqlmodel import Session
 from catalog.assets import now_millis
 from catalog.queryspec import table_of
 from connector.transfer_models import TransferRow
-from connector.transfers import Pending, delivered, needs_push, undeliverable
+from connector.transfer_states import Message
+from connector.transfers import Pending, delivered, end_by_provider, needs_push, undeliverable
 from runtime.logging import get_logger
 from runtime.service import ServiceCore
 
@@ -77,6 +81,38 @@ class TransferWorker:
         with self._core.engine.begin() as connection:
             connection.execute(statement)
 
+    def _renew(self, transfer_id: str) -> None:
+        statement = (
+            update(_TABLE)
+            .where(_T.id == transfer_id, _T.lease_owner == self.owner)
+            .values(lease_until=now_millis() + LEASE_MS)
+        )
+        with self._core.engine.begin() as connection:
+            connection.execute(statement)
+
+    def _end_failed_push(self, transfer_id: str, reason: str) -> None:
+        """A push that broke must not be retried by every poll: the transfer ends, saying why."""
+        with Session(self._core.engine) as session:
+            row = session.get(TransferRow, transfer_id, with_for_update=True)
+            if row is not None:
+                end_by_provider(session, row, Message.TERMINATION, "push", reason)
+
+    def _interrupted_pushes(self) -> list[str]:
+        now = now_millis()
+        statement = (
+            select(_T.id)
+            .where(
+                _T.role == "provider",
+                _T.state == "STARTED",
+                _T.transfer_type.like("%-PUSH"),
+                _T.pending_message.is_(None),
+                or_(_T.lease_until.is_(None), _T.lease_until < now),
+            )
+            .limit(BATCH)
+        )
+        with Session(self._core.engine) as session:
+            return list(session.scalars(statement))
+
     def _due(self) -> list[str]:
         now = now_millis()
         statement = (
@@ -106,6 +142,10 @@ class TransferWorker:
         """Deliver this transfer's message now (run after the HTTP answer has been sent)."""
         self._spawn(self.deliver(transfer_id))
 
+    async def push_soon(self, transfer_id: str) -> None:
+        """Push a transfer's data now (the consumer resumed a push transfer)."""
+        self._spawn(self._push(transfer_id))
+
     async def deliver(self, transfer_id: str) -> None:
         if not await run_in_threadpool(self._lease, transfer_id):
             return
@@ -120,11 +160,24 @@ class TransferWorker:
             self._spawn(self._push(transfer_id))
 
     async def _push(self, transfer_id: str) -> None:
-        assert self.pusher is not None
+        """Run the pusher under the row's lease (renewed while it runs), then send what it queued."""
+        if self.pusher is None or not await run_in_threadpool(self._lease, transfer_id):
+            return  # no data plane here, or another replica (or task) is pushing it
+
+        async def keep_lease() -> None:
+            while True:
+                await asyncio.sleep(LEASE_MS / 3000)
+                await run_in_threadpool(self._renew, transfer_id)
+
+        renewing = asyncio.create_task(keep_lease())
         try:
             await self.pusher(transfer_id)
-        except Exception:
+        except Exception as exc:
             log.exception("push failed unexpectedly", transfer=transfer_id)
+            await run_in_threadpool(self._end_failed_push, transfer_id, f"push failed: {type(exc).__name__}")
+        finally:
+            renewing.cancel()
+            await run_in_threadpool(self._release, transfer_id)
         await self.kick(transfer_id)  # the completion or termination the push queued
 
     def _load(self, transfer_id: str) -> tuple[str, str] | None:
@@ -203,6 +256,9 @@ class TransferWorker:
             try:
                 for transfer_id in await run_in_threadpool(self._due):
                     await self.deliver(transfer_id)
+                if self.pusher is not None:
+                    for transfer_id in await run_in_threadpool(self._interrupted_pushes):
+                        self._spawn(self._push(transfer_id))
             except asyncio.CancelledError:
                 raise
             except Exception:

@@ -191,7 +191,7 @@ def delivered(session: Session, row: TransferRow, pending: Pending, response: di
     row.state = transition(_state(row), pending.message, _role(row)).value
     if pending.message is Message.REQUEST and response is not None and row.provider_pid is None:
         provider_pid = response.get("providerPid")
-        if isinstance(provider_pid, str) and provider_pid:
+        if isinstance(provider_pid, str) and 0 < len(provider_pid) <= 256:
             row.provider_pid = provider_pid
     row.pending_message = None
     row.next_attempt_at = None
@@ -270,6 +270,14 @@ def provider_receive_request(
 ) -> TransferRow:
     consumer_pid = message["consumerPid"]
     callback = message.get("callbackAddress")
+    for name, limit in (
+        ("consumerPid", 256),
+        ("agreementId", 256),
+        ("format", 128),
+        ("callbackAddress", 2048),
+    ):
+        if len(str(message.get(name, ""))) > limit:
+            raise TransferError(400, f"{name} is longer than {limit} characters")
     if not isinstance(callback, str) or not address_is_under(callback, peer.dsp_url):
         raise TransferError(
             400, f"callbackAddress {callback!r} is not under your registered DSP address {peer.dsp_url}"
@@ -493,7 +501,8 @@ def operator_action(
         raise TransferError(404, f"there is no action {action!r}")
     if _state(row) in TERMINAL:
         raise TransferError(409, f"the transfer is {row.state}; it cannot {action} now", row)
-    if row.lease_until is not None and row.lease_until > now_millis():
+    if row.pending_message is not None and row.lease_until is not None and row.lease_until > now_millis():
+        # (A lease with nothing queued is a push in progress: a suspension or termination stops it.)
         raise TransferError(409, "a message is being sent right now; try again in a moment", row)
     if action == "terminate":
         said = reason or "terminated by the operator"

@@ -9,7 +9,9 @@ stored directly (its negotiation is not what these tests are about).
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,8 +25,10 @@ from sqlmodel import Session
 from connector import transfer_worker
 from connector.dsp import schemas
 from connector.transfer_models import TransferRow
+from connector.transfer_worker import TransferWorker
 from connector.transfers import edr_of
 from contracts.agreements import AgreementRecord, store_agreement
+from runtime.service import ServiceCore
 from tests.catalog_helpers import bearer, management, trust
 from tests.conftest import Participant
 from tests.negotiation_helpers import FakePeer, Hit, dsp, fake_peer, trust_address, wait_until
@@ -196,3 +200,33 @@ def test_an_unreachable_provider_terminates_after_the_last_attempt(
         assert "gave up after 3 attempts" in found["errorDetail"]
         assert len(side.fake.hits) == 3
         assert json.loads(side.row(transfer_id).data_address or "null") is None
+
+
+def test_two_workers_on_one_database_deliver_a_message_once(make_connector: MakeConnector) -> None:
+    accept = _accepting(failures=0)
+
+    def slowly(hit: Hit) -> tuple[int, Any]:
+        time.sleep(0.3)  # long enough for every worker to try while the first delivery is in flight
+        return accept(hit)
+
+    with consumer(make_connector, slowly) as side:
+        transfer_id = side.request()
+        # Two more replicas of transit (their own engines and clients, the same database), racing the
+        # app's own worker, each trying three times at once.
+        cores = [ServiceCore.create(side.transit.settings) for _ in range(2)]
+        replicas = [TransferWorker(core, owner=f"replica-{n}") for n, core in enumerate(cores)]
+
+        async def race() -> None:
+            try:
+                await asyncio.gather(*(worker.deliver(transfer_id) for worker in replicas for _ in range(3)))
+            finally:
+                for core in cores:
+                    await core.peer_client.aclose()
+
+        try:
+            asyncio.run(race())
+        finally:
+            for core in cores:
+                core.engine.dispose()
+        side.wait(transfer_id, "REQUESTED")
+        assert len([h for h in side.fake.hits if h.path.endswith("/transfers/request")]) == 1

@@ -11,11 +11,15 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import threading
+import time
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
 import pytest
+from paho.mqtt import publish
 
 from connector.dsp import schemas
 from connector.edr_refresh import refresh_edr
@@ -23,6 +27,7 @@ from identity.keys import load_private_key
 from identity.tokens import issue_token
 from runtime.service import ServiceCore
 from tests.catalog_helpers import constraint, edc_error, policy_body, rule
+from tests.negotiation_helpers import fake_peer
 from tests.peer_helpers import b64url_decode, sign_ed25519
 from tests.transfer_helpers import (
     TRANSFERS,
@@ -378,3 +383,85 @@ def test_the_consumer_refreshes_its_edr_through_the_provider(pair: TransferPair)
     assert _get(endpoint, new_token).content == CSV
     refused(_get(endpoint, old_token), 401, "replaced")
     assert int(properties["expiresIn"]) > 0
+
+
+def test_an_upstream_that_fails_is_a_clean_error_and_no_access(pair: TransferPair) -> None:
+    with fake_peer(lambda hit: (500, {"oops": True})) as upstream:
+        address = {"type": "HttpData", "baseUrl": f"{upstream.url}/counts"}
+        pair.publish_file("counts-upstream", b"", address=address)
+        _, consumer_id, provider_id = pair.pull_started("counts-upstream")
+        endpoint, token, _ = pair.edr(consumer_id)
+        response = _get(endpoint, token)
+        assert response.status_code in (502, 504), response.text
+        assert response.json()["error"] == "source"
+        assert "oops" not in response.text
+        assert [hit.path for hit in upstream.hits] == ["/counts"]
+    row = pair.provider_row(provider_id)
+    assert (row["state"], row["access_count"], row["bytes_transferred"]) == ("STARTED", 0, 0)
+
+
+def test_a_live_mqtt_transfer_streams_until_the_provider_suspends_it(pair: TransferPair) -> None:
+    topic = f"tessera-test/{pair.database}/{uuid.uuid4().hex[:8]}/speed"
+    address = {"type": "Mqtt", "broker": "127.0.0.1:1883", "topic": topic}
+    pair.publish_file("traffic-live", b"", address=address)
+    _, consumer_id, provider_id = pair.pull_started("traffic-live")
+    endpoint, token, _ = pair.edr(consumer_id)
+    lines: list[dict[str, Any]] = []
+    finished = threading.Event()
+
+    def read() -> None:
+        with httpx.stream(
+            "GET", endpoint, headers={"Authorization": f"Bearer {token}"}, timeout=60
+        ) as response:
+            assert response.status_code == 200
+            for line in response.iter_lines():
+                if line.strip():
+                    lines.append(json.loads(line))
+        finished.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+
+    def published_and_seen() -> bool:
+        publish.single(topic, json.dumps({"sensor": "S1", "kmh": 42}), hostname="127.0.0.1", port=1883)
+        return len(lines) >= 2
+
+    wait_until(published_and_seen, timeout=30, what="live messages to reach the consumer")
+    assert lines[0] == {"sensor": "S1", "kmh": 42}
+    assert not finished.is_set()
+
+    acted(pair.capi, provider_id, "suspend", "night")
+    pair.both(consumer_id, provider_id, "SUSPENDED")
+    assert finished.wait(15), "the live stream did not end when the transfer was suspended"
+    reader.join(5)
+
+
+def test_a_live_push_streams_into_the_sink_until_the_consumer_suspends_it(pair: TransferPair) -> None:
+    topic = f"tessera-test/{pair.database}/{uuid.uuid4().hex[:8]}/flow"
+    pair.publish_file(
+        "traffic-push", b"", address={"type": "Mqtt", "broker": "127.0.0.1:1883", "topic": topic}
+    )
+    agreement_id = pair.agree("traffic-push")
+    consumer_id = pair.request(agreement_id, "HttpData-PUSH", dataDestination=None)
+    provider_id = pair.provider_side(consumer_id)["@id"]
+    pair.both(consumer_id, provider_id, "STARTED")
+
+    def published_and_pushed() -> bool:
+        publish.single(topic, json.dumps({"sensor": "S9", "vehicles": 7}), hostname="127.0.0.1", port=1883)
+        return pair.provider_row(provider_id)["lease_owner"] is not None  # the push is running
+
+    wait_until(published_and_pushed, timeout=30, what="the push to run")
+    for _ in range(3):
+        publish.single(topic, json.dumps({"sensor": "S9", "vehicles": 8}), hostname="127.0.0.1", port=1883)
+        time.sleep(0.3)
+
+    acted(pair.tapi, consumer_id, "suspend", "enough for today")
+    pair.both(consumer_id, provider_id, "SUSPENDED")
+    received = pair.transit.data_dir / "sink" / "traffic-push"
+    lines = wait_until(
+        lambda: received.exists() and received.read_text().splitlines(), what="the pushed file"
+    )
+    assert {"sensor": "S9", "vehicles": 8} in [json.loads(line) for line in lines]
+    row = wait_until(lambda: (r := pair.provider_row(provider_id))["lease_owner"] is None and r)
+    assert row["state"] == "SUSPENDED"
+    assert row["bytes_transferred"] == received.stat().st_size

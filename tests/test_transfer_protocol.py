@@ -200,6 +200,7 @@ def test_requests_that_the_agreement_does_not_allow_are_refused_and_change_nothi
             (side.request(utility_agreement), "no agreement"),  # someone else's
             (side.request("urn:uuid:never-made"), "no agreement"),
             (side.request(transit_agreement, format="Carrier-Pigeon"), "format"),
+            (side.request(transit_agreement, consumerPid="urn:" + "x" * 300), "consumerPid is longer"),
             (side.request(transit_agreement, callbackAddress="http://evil.example/dsp"), "callbackAddress"),
             (
                 side.request(
@@ -308,3 +309,50 @@ def test_oversized_messages_are_refused(make_connector: MakeConnector, size: int
     with provider(make_connector) as side:
         message = side.request("urn:uuid:x", padding="x" * size)
         transfer_error(side.send("/request", message), 413)
+
+
+def _file_asset(side: Provider, asset_id: str, content: bytes, transfer_approval: str) -> None:
+    """``asset_id``: a file in city's data directory, offered under its own definition."""
+    path = side.city.settings.data_dir / f"{asset_id}.csv"
+    path.write_bytes(content)
+    publish(side.client, asset_id)
+    asset = side.client.get(f"/management/v3/assets/{asset_id}").json()
+    asset["dataAddress"] = {"@type": "DataAddress", "type": "File", "path": str(path)}
+    assert side.client.put("/management/v3/assets", json=asset).status_code == 204
+    definition = side.client.get(f"/management/v3/contractdefinitions/offer-{asset_id}").json()
+    definition["transferApproval"] = transfer_approval
+    assert side.client.put("/management/v3/contractdefinitions", json=definition).status_code == 204
+
+
+def test_a_push_interrupted_by_a_restart_is_pushed_again_by_the_worker(make_connector: MakeConnector) -> None:
+    content = b"stop,count\nS1,3\nS2,5\n"
+    with provider(make_connector) as side:
+        _file_asset(side, "pushed-stops", content, "manual")
+        agreement_id = side.agree("pushed-stops")
+        destination = {
+            "@type": "DataAddress",
+            "endpointType": "https://w3id.org/idsa/v4.1/HTTP",
+            "endpoint": side.fake.url + "/incoming",
+            "endpointProperties": [
+                {"@type": "EndpointProperty", "name": "authorization", "value": "sink-secret"},
+                {"@type": "EndpointProperty", "name": "authType", "value": "bearer"},
+            ],
+        }
+        message = side.request(agreement_id, format="HttpData-PUSH", dataAddress=destination)
+        provider_pid = transfer_process(side.send("/request", message), 201, "REQUESTED")["providerPid"]
+        # What a crash leaves behind right after the consumer acknowledged the start: STARTED, nothing sent yet.
+        with Session(side.city.core.engine) as session:
+            [row] = session.exec(select(TransferRow).where(TransferRow.provider_pid == provider_pid))
+            row.state = "STARTED"
+            session.add(row)
+            session.commit()
+
+        consumer_pid = message["consumerPid"]
+        wait_until(
+            lambda: side.transfer_posts(f"/transfers/{consumer_pid}/completion"), what="the completion"
+        )
+        [pushed] = [h for h in side.fake.hits if h.path == "/incoming"]
+        assert pushed.headers["Authorization"] == "Bearer sink-secret"
+        assert pushed.headers["Content-Type"] == "text/csv"  # (the bytes themselves: see the sink test)
+        [row_after] = side.rows()
+        assert (row_after["state"], row_after["bytes_transferred"]) == ("COMPLETED", len(content))

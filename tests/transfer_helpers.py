@@ -72,8 +72,9 @@ class TransferPair:
         contract: dict[str, Any] | None = None,
         transfer_approval: str = "automatic",
         properties: dict[str, Any] | None = None,
+        address: dict[str, Any] | None = None,
     ) -> Path:
-        """A file in city's data directory, offered as ``asset_id``; its path."""
+        """A file in city's data directory, offered as ``asset_id`` (or ``address`` instead); its path."""
         path = self.city.data_dir / "files" / f"{asset_id}{suffix}"
         path.parent.mkdir(exist_ok=True)
         path.write_bytes(content)
@@ -83,7 +84,7 @@ class TransferPair:
             "@context": ASSET_CONTEXT,
             "@id": asset_id,
             "properties": properties or {},
-            "dataAddress": {"type": "File", "path": str(path)},
+            "dataAddress": address or {"type": "File", "path": str(path)},
         }
         for body in (contract, access):
             response = self.capi.post(POLICIES, json=body)

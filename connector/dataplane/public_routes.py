@@ -6,11 +6,13 @@ the bare token, as EDC clients send it). Every request passes
 the access counted) before the asset's source is opened; refusals are 401
 (the token) or 403 (the transfer or the policy), with a JSON body saying why.
 
-Files honour ``Range`` (206; 416 when nothing of the file is selected, 400
-when the header does not parse). Personal assets stream through the
-personal-data gate, record by record, and are served whole (a byte range
-could cut records in half). The body streams: memory stays flat whatever the
-size.
+The asset is opened with the data plane's ``open_asset_stream``: files honour
+``Range`` (206; 416 when nothing of the file is selected, 400 when the header
+does not parse); personal assets stream through the personal-data gate, record
+by record, and are served whole; a live source (MQTT) streams until the
+transfer stops being STARTED (``TransferStop``). An HttpData upstream gets the
+path after the transfer id and the query string where its proxy flags allow.
+The body streams: memory stays flat whatever the size.
 
 ``POST /public/token`` refreshes a token pair (``grant_type=refresh_token``,
 ``refresh_token``), authenticated as the consumer by its peer token.
@@ -27,10 +29,9 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from sqlalchemy import Engine
 from sqlmodel import Session
 
-from catalog.assets import AssetRecord
-from catalog.dcat import validate_metadata
-from connector.consent_gate import LIVE_FLUSH_SECONDS, batch_size_for, open_release, report_release
-from connector.data_access import AccessDenied, add_bytes, authorize, refresh, uncount
+from connector.consent_gate import batch_size_for, open_release, report_release
+from connector.data_access import AccessDenied, TransferStop, add_bytes, authorize, refresh, uncount
+from connector.dataplane.asset_stream import open_asset_stream
 from connector.dataplane.gate import (
     CLOSED_GATE_REASON,
     ClosedGate,
@@ -38,15 +39,12 @@ from connector.dataplane.gate import (
     GateFailure,
     PersonalDataGate,
 )
-from connector.dataplane.gated_stream import GatedStream
 from connector.dataplane.sources import (
+    ConsumerRequest,
     RangeError,
     RangeNotSatisfiable,
-    Source,
     SourceConfig,
     SourceError,
-    open_source,
-    parse_range,
 )
 from connector.transfer_models import TransferRow
 from connector.transfer_states import Message
@@ -94,29 +92,6 @@ class _Counted:
             add_bytes(session, self.transfer_id, self.sent, note)
 
 
-def _gated(
-    request: Request, core: ServiceCore, transfer: TransferRow, asset: AssetRecord, source: Source
-) -> tuple[GatedStream, bool]:
-    meta = validate_metadata(asset.properties)
-    gate = open_release(personal_gate(request))  # consent: answers reused within this release only
-    context = GateContext(
-        controller=core.settings.did,
-        recipient=transfer.counter_party_did,
-        purpose=transfer.purpose or "",  # the consent gate checks that the agreement binds it
-        dataset_id=asset.id,
-        transfer_id=transfer.id,
-    )
-    stream = GatedStream(
-        gate,
-        context,
-        media_type=source.media_type,
-        subject_field=meta.subject_field or "",
-        flush_after=LIVE_FLUSH_SECONDS if source.live else None,  # a live record waits at most this long
-        batch_size=batch_size_for(gate),
-    )
-    return stream, isinstance(gate, ClosedGate)
-
-
 def _end_after_gate_failure(engine: Engine, transfer_id: str, reason: str) -> bool:
     with Session(engine) as session:
         row = session.get(TransferRow, transfer_id, with_for_update=True)
@@ -131,7 +106,11 @@ def public_router() -> APIRouter:
     router = APIRouter(tags=["data plane"])
 
     @router.get(PUBLIC_PATH + "/{transfer_id}")
-    async def fetch(transfer_id: str, request: Request, session: Session = Depends(db_session)) -> Response:
+    @router.get(PUBLIC_PATH + "/{transfer_id}/{path:path}")
+    async def fetch(
+        transfer_id: str, request: Request, path: str = "", session: Session = Depends(db_session)
+    ) -> Response:
+        """The data (``path`` and the query string reach an HttpData upstream where its proxy flags allow)."""
         token = _token_of(request)
         if token is None:
             return _refusal(401, "missing", "the request needs the transfer's data token (Authorization)")
@@ -143,50 +122,55 @@ def public_router() -> APIRouter:
             if exc.ended:
                 await worker.kick(transfer_id)
             return _refusal(exc.status, exc.reason, exc.message)
+        transfer, asset = access.transfer, access.asset
+        gate = open_release(personal_gate(request))  # consent: answers reused within this release only
+        context = GateContext(
+            controller=core.settings.did,
+            recipient=transfer.counter_party_did,
+            purpose=transfer.purpose or "",  # the consent gate checks that the agreement binds it
+            dataset_id=asset.id,
+            transfer_id=transfer.id,
+        )
+        consumer_request = ConsumerRequest(path=path, query=tuple(request.query_params.multi_items()))
         try:
-            source = await open_source(access.asset.data_address, source_config(core))
-        except SourceError as exc:
+            stream = await open_asset_stream(
+                asset,
+                source_config(core),
+                gate=gate,
+                context=context,
+                request=consumer_request,
+                range_header=request.headers.get("range"),
+                stop=TransferStop(core.engine, transfer_id),
+                batch_size=batch_size_for(gate),
+            )
+        except (SourceError, RangeError) as exc:
             await run_in_threadpool(uncount, session, transfer_id)
-            return _refusal(exc.status, "source", str(exc))
-        personal = bool(validate_metadata(access.asset.properties).personal)
-        byte_range = None
+            kind = "range" if isinstance(exc, RangeError) else "source"
+            extra = {"Content-Range": exc.content_range} if isinstance(exc, RangeNotSatisfiable) else None
+            return _refusal(exc.status, kind, str(exc), extra)
+        except GateFailure as exc:
+            if await run_in_threadpool(_end_after_gate_failure, core.engine, transfer_id, exc.reason):
+                await worker.kick(transfer_id)
+            return _refusal(403, "personal-data", f"the personal-data gate refused: {exc.reason}")
         headers: dict[str, str] = {}
-        if source.supports_ranges and source.size is not None and not personal:
+        if stream.source.supports_ranges and stream.gated is None:
             headers["Accept-Ranges"] = "bytes"
-            try:
-                byte_range = parse_range(request.headers.get("range"), source.size)
-            except RangeError as exc:
-                await source.aclose()
-                await run_in_threadpool(uncount, session, transfer_id)
-                extra = {"Content-Range": exc.content_range} if isinstance(exc, RangeNotSatisfiable) else None
-                return _refusal(exc.status, "range", str(exc), extra)
-            length = byte_range.length if byte_range is not None else source.size
-            headers["Content-Length"] = str(length)
-            if byte_range is not None:
-                headers["Content-Range"] = byte_range.content_range(source.size)
+        if stream.size is not None:
+            headers["Content-Length"] = str(stream.size)
+        if stream.content_range is not None:
+            headers["Content-Range"] = stream.content_range
         counted = _Counted(core.engine, transfer_id)
-        gated: GatedStream | None = None
-        closed_gate = False
-        if personal:
-            try:
-                gated, closed_gate = _gated(request, core, access.transfer, access.asset, source)
-            except GateFailure as exc:
-                await source.aclose()
-                if await run_in_threadpool(_end_after_gate_failure, core.engine, transfer_id, exc.reason):
-                    await worker.kick(transfer_id)
-                return _refusal(403, "personal-data", f"the personal-data gate refused: {exc.reason}")
+        closed_gate = isinstance(gate, ClosedGate)
 
         async def body() -> AsyncIterator[bytes]:
             note: str | None = None
-            chunks = source.chunks(byte_range)
             try:
-                stream = gated.filter(chunks) if gated is not None else chunks
-                async for chunk in stream:
+                async for chunk in stream.chunks:
                     counted.sent += len(chunk)
                     yield chunk
-                if gated is not None and gated.counters.withheld:
+                if stream.gated is not None and stream.gated.counters.withheld:
                     why = CLOSED_GATE_REASON if closed_gate else "the gate did not admit their subjects"
-                    note = f"{gated.counters.withheld} personal record(s) withheld: {why}"
+                    note = f"{stream.gated.counters.withheld} personal record(s) withheld: {why}"
             except GateFailure as exc:
                 note = f"the personal-data gate stopped the stream: {exc.reason}"
                 if await run_in_threadpool(_end_after_gate_failure, core.engine, transfer_id, exc.reason):
@@ -196,13 +180,13 @@ def public_router() -> APIRouter:
                 log.warning("source failed mid-stream", transfer=transfer_id, error=str(exc))
                 raise
             finally:
-                await source.aclose()
+                await stream.aclose()
                 await run_in_threadpool(counted.record, note)
-                if gated is not None:
-                    report_release(gated)  # the citizens' "who received my data" (consent service)
+                if stream.gated is not None:
+                    report_release(stream.gated)  # the citizens' "who received my data" (consent service)
 
-        status = 206 if byte_range is not None else 200
-        return StreamingResponse(body(), status_code=status, media_type=source.media_type, headers=headers)
+        status = 206 if stream.byte_range is not None else 200
+        return StreamingResponse(body(), status_code=status, media_type=stream.media_type, headers=headers)
 
     @router.post(TOKEN_PATH)
     async def refresh_token(

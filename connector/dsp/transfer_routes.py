@@ -27,9 +27,11 @@ from connector.transfer_models import TransferRow
 from connector.transfer_states import Message, Role
 from connector.transfers import (
     INITIAL,
+    PUSH,
     TransferError,
     dsp_state,
     find_by_pid,
+    flow_of,
     provider_receive_request,
     receive,
     settle,
@@ -99,6 +101,7 @@ def transfer_router() -> APIRouter:
                     and row.provider_pid is None
                     and row.state != INITIAL
                     and message.get("consumerPid") == row.consumer_pid
+                    and len(str(message.get("providerPid"))) <= 256
                 ):
                     # The provider acknowledged our request without a body: its first message names its pid.
                     row.provider_pid = message.get("providerPid")
@@ -119,6 +122,10 @@ def transfer_router() -> APIRouter:
                 raise _error(
                     exc.status, exc.reason, message.get("providerPid"), message.get("consumerPid")
                 ) from None
+            if kind is Message.START and row.role == Role.PROVIDER.value and flow_of(row) == PUSH:
+                # The consumer resumed a push transfer: the data is pushed again, from the start.
+                worker = request.app.state.transfer_worker
+                return Response(status_code=200, background=BackgroundTask(worker.push_soon, row.id))
             return Response(status_code=200, background=_kick(request, row))
 
         return endpoint
