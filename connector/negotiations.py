@@ -259,8 +259,12 @@ def undeliverable(session: Session, row: NegotiationRow, reason: str) -> None:
 
 def _request_context(session: Session, did: str) -> RequestContext:
     member = get_member(session, did)
+    # Purpose, count and elapsed time constrain the use of the data: usage control decides them at
+    # every access (connector.usage); a negotiation decides who may agree, and whether now.
     return RequestContext(
-        participant_id=did, memberships=frozenset(member.memberships if member else ()), stage="negotiation"
+        participant_id=did,
+        memberships=frozenset(member.memberships if member else ()),
+        stage="negotiation",
     )
 
 

@@ -14,14 +14,14 @@ from typing import Any
 import pytest
 
 from policies.compiler import compile_policy
-from policies.decision import USAGE_OPERANDS, RequestContext, decide
+from policies.decision import RequestContext, decide
 from policies.odrl import Policy
 from tests.catalog_helpers import constraint, rule
 from tests.test_policy_decision import NOW, TRANSIT, UTILITY, policy
 
 
 def _negotiating(participant: str = TRANSIT) -> RequestContext:
-    return RequestContext(participant_id=participant, now=NOW, deferred=USAGE_OPERANDS)
+    return RequestContext(participant_id=participant, now=NOW, stage="negotiation")
 
 
 def _compiled_admits(p: Policy, context: RequestContext) -> bool:
