@@ -31,6 +31,8 @@ EDC_MANAGEMENT_CONTEXT_URL = "https://w3id.org/edc/connector/management/v0.0.1"
 ODRL_CONTEXT_URL = "http://www.w3.org/ns/odrl.jsonld"
 # The context EDC adds beside the DSP one in its protocol messages.
 EDC_DSPACE_CONTEXT_URL = "https://w3id.org/edc/dspace/v0.0.1"
+# Tractus-X clients (its Python SDK) put this first in every ContractRequest they send.
+TRACTUSX_POLICY_CONTEXT_URL = "https://w3id.org/tractusx/policy/v1.0.0"
 
 # The context of every Management API response (EDC's default response context).
 EDC_RESPONSE_CONTEXT: dict[str, str] = {"@vocab": EDC_NS, "edc": EDC_NS, "odrl": ODRL_NS}
@@ -70,6 +72,7 @@ def vendored_contexts() -> dict[str, dict[str, Any]]:
         EDC_MANAGEMENT_CONTEXT_URL: ("contexts", "edc-management-v1.jsonld"),
         ODRL_CONTEXT_URL: ("contexts", "odrl.jsonld"),
         EDC_DSPACE_CONTEXT_URL: ("contexts", "edc-dspace-v1.jsonld"),
+        TRACTUSX_POLICY_CONTEXT_URL: ("contexts", "tractusx-policy-v1.jsonld"),
     }
     raw = {url: json.loads(_package_text("catalog", *parts)) for url, parts in files.items()}
     return {

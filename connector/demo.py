@@ -3,6 +3,9 @@
 Creates (where missing) the connectors city, transit and utility and the
 consent service, makes every participant a member of every other's trust
 list, runs each as its own process and waits until all answer ``/health``.
+A fifth process runs the road sensors (``connector.demo_sensors``): an
+embedded MQTT broker, unless ``--mqtt-broker`` names one, and a publisher.
+Then the participants publish, negotiate and transfer (``demo_transfers``).
 Ctrl-C stops them all; a second run reuses their directories and databases.
 """
 
@@ -10,6 +13,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -21,7 +25,7 @@ import httpx
 from rich.console import Console
 from sqlmodel import Session
 
-from connector import demo_consent, demo_negotiate
+from connector import demo_consent, demo_negotiate, demo_transfers
 from connector.demo_seed import MEMBERSHIPS, seed, visible_datasets
 from connector.settings import ConnectorSettings
 from consent.settings import ConsentSettings
@@ -35,6 +39,8 @@ from runtime.settings import CONFIG_FILE, ParticipantSettings, load_settings
 console = Console()
 STARTUP_TIMEOUT_SECONDS = 60.0
 STOP_TIMEOUT_SECONDS = 15.0
+SENSORS_OFFSET = 4  # the embedded MQTT broker's port: base port + 4
+LIVE_REPORT_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -116,15 +122,38 @@ def _die_with_parent() -> None:
 
 
 def _start(settings: ParticipantSettings) -> tuple[subprocess.Popen[bytes], Path]:
-    log_path = settings.data_dir / "service.log"
+    return _spawn(["connector", "serve", "--dir", str(settings.data_dir)], settings.data_dir / "service.log")
+
+
+def _start_sensors(root: Path, port: int, broker: str | None) -> tuple[subprocess.Popen[bytes], Path]:
+    arguments = ["connector.demo_sensors", *(["--broker", broker] if broker else ["--port", str(port)])]
+    return _spawn(arguments, root / "sensors.log")
+
+
+def _wait_for_broker(broker: str, process: subprocess.Popen[bytes], log_path: Path) -> None:
+    host, _, port = broker.partition(":")
+    deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
+    while True:
+        if process.poll() is not None:
+            raise StartupError(f"the sensors stopped with code {process.returncode}:\n{_tail(log_path)}")
+        try:
+            socket.create_connection((host, int(port)), timeout=1.0).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise StartupError(f"no MQTT broker answers at {broker}") from None
+            time.sleep(0.2)
+
+
+def _spawn(module_and_arguments: list[str], log_path: Path) -> tuple[subprocess.Popen[bytes], Path]:
     log_file = log_path.open("ab")
     process = subprocess.Popen(  # noqa: S603 - our own interpreter and module, fixed arguments
-        [sys.executable, "-m", "connector", "serve", "--dir", str(settings.data_dir)],
+        [sys.executable, "-m", *module_and_arguments],
         stdout=log_file,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
         start_new_session=True,  # Ctrl-C reaches the demo only; it stops the children in order
-        preexec_fn=_die_with_parent,  # runs before exec; the demo starts no threads of its own
+        preexec_fn=_die_with_parent,  # runs before exec; every child starts before the demo's one thread
     )
     log_file.close()
     return process, log_path
@@ -173,11 +202,11 @@ def _stop(processes: dict[str, tuple[subprocess.Popen[bytes], Path]]) -> None:
             process.wait()
 
 
-def _publish(all_settings: list[ParticipantSettings]) -> None:
+def _publish(all_settings: list[ParticipantSettings], broker: str) -> None:
     """Each connector publishes its datasets; then show who sees what in whose catalog."""
     connectors = [s for s in all_settings if s.kind == "connector"]
     for settings in connectors:
-        published = seed(settings)
+        published = seed(settings, broker)
         print(f"{settings.name} publishes: {', '.join(published)}", flush=True)
     print("\nCatalogs as each member sees them (access policies applied by the provider):", flush=True)
     for provider in connectors:
@@ -193,11 +222,13 @@ def _publish(all_settings: list[ParticipantSettings]) -> None:
 def _negotiate(all_settings: list[ParticipantSettings]) -> None:
     """Transit agrees on bike-counts automatically; city on card-trips with transit's manual approval."""
     by_name = {s.name: s for s in all_settings}
-    city, transit = by_name["city"], by_name["transit"]
+    city, transit, utility = by_name["city"], by_name["transit"], by_name["utility"]
     print("\nContract negotiations:", flush=True)
     for consumer, provider, dataset, manual in (
         (transit, city, "bike-counts", False),
         (city, transit, "card-trips", True),
+        (city, transit, "traffic-sensors", False),
+        (city, utility, "grid-load", False),
     ):
         existing = demo_negotiate.negotiated_already(consumer, provider, dataset)
         if existing:
@@ -218,6 +249,26 @@ def _negotiate(all_settings: list[ParticipantSettings]) -> None:
               f"signed by {signed}", flush=True)  # fmt: skip
 
 
+def _transfer(all_settings: list[ParticipantSettings]) -> demo_transfers.LiveSubscription:
+    """Transit pulls bike-counts; the city subscribes to traffic-sensors live; the utility pushes grid-load."""
+    by_name = {s.name: s for s in all_settings}
+    city, transit, utility = by_name["city"], by_name["transit"], by_name["utility"]
+    print("\nTransfers:", flush=True)
+    pulled = demo_transfers.pull(transit, city, "bike-counts")
+    print(f"  transit pulled city's bike-counts: {pulled.size:,} bytes into {pulled.path} "
+          f"(transfer {pulled.transfer_id}, still STARTED)", flush=True)  # fmt: skip
+    live = demo_transfers.subscribe(city, transit, "traffic-sensors")
+    live.wait_for_messages(3)
+    if live.error:
+        raise StartupError(f"the live subscription to traffic-sensors failed: {live.error}")
+    print(f"  city subscribed to transit's traffic-sensors live: {live.received} messages received so far, "
+          f"appended to {live.path} (transfer {live.transfer_id})", flush=True)  # fmt: skip
+    pushed = demo_transfers.push(city, utility, "grid-load")
+    print(f"  utility pushed grid-load to city: {pushed.size:,} bytes arrived as {pushed.path} "
+          f"(transfer {pushed.transfer_id}, COMPLETED)", flush=True)  # fmt: skip
+    return live
+
+
 def _print_summary(all_settings: list[ParticipantSettings], root: Path) -> None:
     lines = ["", "Tessera demo data space is running:", ""]
     for settings in all_settings:
@@ -229,6 +280,10 @@ def _print_summary(all_settings: list[ParticipantSettings], root: Path) -> None:
         if settings.kind == "connector":
             lines.append(f"  {settings.public_url}/.well-known/dspace-version")
         lines.append(f"  {settings.public_url}/docs   (API reference)")
+    lines += ["", "Operator pages (sign in with the participant's management API key):"]
+    for settings in all_settings:
+        if settings.kind == "connector":
+            lines.append(f"  {settings.public_url}/ui/transfers   ({settings.name}'s transfers)")
     lines += [
         "",
         f"State and logs: {root}/<participant>/ (service.log, tessera.db)",
@@ -239,36 +294,62 @@ def _print_summary(all_settings: list[ParticipantSettings], root: Path) -> None:
     print("\n".join(lines), flush=True)
 
 
+def _end_live(live: demo_transfers.LiveSubscription) -> None:
+    """Complete the live subscription, so that a second run does not find it STARTED."""
+    try:
+        live.complete()
+        console.print(f"live subscription completed after {live.received} messages")
+    except httpx.HTTPError:
+        pass  # the connectors are going down anyway; the next run completes what is left
+
+
 def _raise_interrupt(_signum: int, _frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
-def run_demo(root: Path, base_port: int = 8001) -> None:
+def run_demo(root: Path, base_port: int = 8001, mqtt_broker: str | None = None) -> None:
     root = root.resolve()
     all_settings = _ensure_participants(root, base_port)
     demo_consent.configure_connectors(all_settings)
     _fill_trust_lists(all_settings)
     _check_ports_free(all_settings)
+    sensors_port = base_port + SENSORS_OFFSET
+    if mqtt_broker is None:
+        bind_socket("127.0.0.1", sensors_port).close()
+    broker = mqtt_broker.removeprefix("mqtt://") if mqtt_broker else f"127.0.0.1:{sensors_port}"
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     processes: dict[str, tuple[subprocess.Popen[bytes], Path]] = {}
+    live: demo_transfers.LiveSubscription | None = None
     try:
         for settings in all_settings:
             processes[settings.name] = _start(settings)
-        _wait_healthy(processes, {s.name: s.public_url for s in all_settings})
-        _publish(all_settings)
+        processes["sensors"] = _start_sensors(root, sensors_port, mqtt_broker)
+        _wait_healthy(
+            {n: p for n, p in processes.items() if n != "sensors"},
+            {s.name: s.public_url for s in all_settings},
+        )
+        _wait_for_broker(broker, *processes["sensors"])
+        _publish(all_settings, broker)
         _negotiate(all_settings)
         by_name = {s.name: s for s in all_settings}
         city_trips = demo_negotiate.negotiated_already(by_name["city"], by_name["transit"], "card-trips")
         demo_consent.show_consent_gated_pull(all_settings, city_trips)
+        live = _transfer(all_settings)
         _print_summary(all_settings, root)
+        reported = time.monotonic()
         while True:
             for name, (process, log_path) in processes.items():
                 if process.poll() is not None:
                     raise StartupError(f"{name} stopped with code {process.returncode}:\n{_tail(log_path)}")
+            if time.monotonic() - reported > LIVE_REPORT_SECONDS:
+                reported = time.monotonic()
+                print(f"live: {live.received} traffic-sensors messages received so far", flush=True)
             time.sleep(0.5)
     except KeyboardInterrupt:
         console.print("stopping…")
     finally:
+        if live is not None:
+            _end_live(live)
         _stop(processes)
         signal.signal(signal.SIGTERM, previous)
     console.print("demo stopped; state kept in " + str(root))

@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 
+from connector.demo_sensors import TOPIC as SENSOR_TOPIC
 from runtime.settings import ParticipantSettings
 
 MANAGEMENT_CONTEXT = ["https://w3id.org/edc/connector/management/v0.0.1"]
@@ -45,6 +46,7 @@ class DemoDataset:
     frequency: str
     admitted: tuple[str, ...] | None  # memberships the access policy admits; None: every member
     personal: tuple[str, str] | None = None  # (subject field, consent purpose)
+    live_topic: str | None = None  # an MQTT topic on the demo's broker instead of a file
 
 
 DATASETS = (
@@ -54,10 +56,10 @@ DATASETS = (
         "text/csv", "HOURLY", None,
     ),
     DemoDataset(
-        "city", "traffic-sensors", "Traffic sensor observations",
-        "Vehicle counts from road sensors, as OGC SensorThings observations.",
-        ("traffic", "sensors", "sensorthings"), ("http://publications.europa.eu/resource/authority/data-theme/TRAN",),
-        "application/json", "CONT", ("public-authority", "transport-operator"),
+        "transit", "traffic-sensors", "Traffic sensor observations",
+        "Live vehicle counts from the road sensors on the bus corridors, one observation a second (MQTT).",
+        ("traffic", "sensors", "live"), ("http://publications.europa.eu/resource/authority/data-theme/TRAN",),
+        "application/x-ndjson", "CONT", ("public-authority",), live_topic=SENSOR_TOPIC,
     ),
     DemoDataset(
         "transit", "ridership-by-stop", "Ridership by stop",
@@ -70,6 +72,12 @@ DATASETS = (
         "Individual trips of transit card holders; released only for riders who consented.",
         ("trips", "travel card", "origin-destination"), ("http://publications.europa.eu/resource/authority/data-theme/TRAN",),
         "application/x-ndjson", "DAILY", ("public-authority",), ("card_id", "traffic-planning"),
+    ),
+    DemoDataset(
+        "utility", "grid-load", "Grid load by district",
+        "Hourly electricity load per city district, aggregated (no personal data); pushed to the city.",
+        ("energy", "grid", "load"), ("http://publications.europa.eu/resource/authority/data-theme/ENER",),
+        "text/csv", "HOURLY", ("public-authority",),
     ),
     DemoDataset(
         "utility", "smart-meter-readings", "Smart meter readings",
@@ -88,7 +96,7 @@ def write_demo_files(data_dir: Path, owner: str) -> dict[str, Path]:
     target = data_dir / "demo-data"
     target.mkdir(exist_ok=True)
     for dataset in DATASETS:
-        if dataset.owner != owner:
+        if dataset.owner != owner or dataset.live_topic:
             continue
         suffix = (
             ".csv"
@@ -131,6 +139,11 @@ def _rows(asset_id: str, rng: random.Random, start: datetime) -> list[dict[str, 
             }
             for i, t in enumerate(hours)
         ]
+    if asset_id == "grid-load":
+        return [
+            {"district": d, "hour": t.isoformat(), "megawatts": round(rng.uniform(4.0, 38.0), 2)}
+            for d in ("Old Town", "Harbour", "University") for t in hours
+        ]  # fmt: skip
     if asset_id == "ridership-by-stop":
         return [
             {"stop": s, "day": (start + timedelta(days=d)).date().isoformat(), "boardings": rng.randint(100, 5000)}
@@ -160,7 +173,17 @@ def _policy(policy_id: str, admitted: tuple[str, ...] | None) -> dict[str, Any]:
             "policy": {"@type": "Set", "permission": [permission]}}  # fmt: skip
 
 
-def _asset(dataset: DemoDataset, path: Path, publisher: str) -> dict[str, Any]:
+def _data_address(dataset: DemoDataset, path: Path | None, broker: str | None) -> dict[str, Any]:
+    if dataset.live_topic:
+        if broker is None:
+            raise RuntimeError(f"{dataset.asset_id} is live: the demo needs an MQTT broker for it")
+        return {"@type": "DataAddress", "type": "Mqtt", "broker": broker, "topic": dataset.live_topic}
+    return {"@type": "DataAddress", "type": "File", "path": str(path), "mediaType": dataset.media_type}
+
+
+def _asset(
+    dataset: DemoDataset, path: Path | None, publisher: str, broker: str | None = None
+) -> dict[str, Any]:
     properties: dict[str, Any] = {
         "dct:title": dataset.title,
         "dct:description": dataset.description,
@@ -183,12 +206,7 @@ def _asset(dataset: DemoDataset, path: Path, publisher: str) -> dict[str, Any]:
         "@context": ASSET_CONTEXT,
         "@id": dataset.asset_id,
         "properties": properties,
-        "dataAddress": {
-            "@type": "DataAddress",
-            "type": "File",
-            "path": str(path),
-            "mediaType": dataset.media_type,
-        },
+        "dataAddress": _data_address(dataset, path, broker),
     }
 
 
@@ -222,8 +240,12 @@ def _create(client: httpx.Client, path: str, body: dict[str, Any]) -> str:
     raise RuntimeError(f"{path} answered {response.status_code}: {response.text[:300]}")
 
 
-def seed(settings: ParticipantSettings) -> list[str]:
-    """Publish the participant's demo datasets through its management API."""
+def seed(settings: ParticipantSettings, broker: str | None = None) -> list[str]:
+    """Publish the participant's demo datasets through its management API.
+
+    ``broker`` (``host:port``) is where live datasets' MQTT topics are; a kept live asset is
+    updated to it, since the broker may differ from one run to the next.
+    """
     assert settings.management_api_key is not None
     files = write_demo_files(settings.data_dir, settings.name)
     done: list[str] = []
@@ -240,9 +262,12 @@ def seed(settings: ParticipantSettings) -> list[str]:
             )
             if dataset.personal:
                 _create(client, "/management/v3/policydefinitions", _purpose_policy(dataset.personal[1]))
-            outcome = _create(
-                client, "/management/v3/assets", _asset(dataset, files[dataset.asset_id], settings.name)
-            )
+            asset = _asset(dataset, files.get(dataset.asset_id), settings.name, broker)
+            outcome = _create(client, "/management/v3/assets", asset)
+            if outcome == "kept" and dataset.live_topic:
+                updated = client.put("/management/v3/assets", json=asset)
+                if updated.status_code != 204:
+                    raise RuntimeError(f"updating {dataset.asset_id} answered {updated.status_code}")
             _create(client, "/management/v3/contractdefinitions", _contract_definition(dataset))
             done.append(f"{dataset.asset_id} ({outcome})")
     return done

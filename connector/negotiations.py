@@ -27,6 +27,7 @@ from catalog.contract_definitions import get_contract_definition
 from catalog.models import Asset
 from catalog.queryspec import A_ID, selector_condition, table_of
 from connector.dsp import negotiation_messages as wire
+from connector.translog import events as translog
 from contracts.agreements import (
     AgreementRecord,
     agreement_for_negotiation,
@@ -234,6 +235,11 @@ def delivered(
             )
         row.agreement_id = agreement["@id"]
     row.state = after.value
+    if pending.message is Message.TERMINATION:
+        reasons = pending.body.get("reason") or [row.error_detail or ""]
+        _log_conclusion(session, row, "us", str(reasons[0]), pending.body.get("code"))
+    elif pending.message is Message.FINALIZED:
+        _log_conclusion(session, row, "us")
     if pending.message is Message.REQUEST and response is not None and row.provider_pid is None:
         provider_pid = response.get("providerPid")
         if isinstance(provider_pid, str) and provider_pid:
@@ -250,8 +256,21 @@ def delivered(
 
 def undeliverable(session: Session, row: NegotiationRow, reason: str) -> None:
     _terminate_locally(row, reason)
+    _log_conclusion(session, row, "delivery", reason, "undeliverable")
     session.add(row)
     session.commit()
+
+
+def _log_conclusion(
+    session: Session, row: NegotiationRow, by: str, reason: str = "", code: str | None = None
+) -> None:
+    """Record in the transfer log, in this transaction, a negotiation that has just ended."""
+    if row.state == State.FINALIZED.value:
+        record = agreement_for_negotiation(session, row.id)
+        if record is not None:
+            translog.agreement_finalized(session, record, row.role)
+    elif row.state == State.TERMINATED.value:
+        translog.negotiation_refused(session, row, by=by, reason=reason, code=code)
 
 
 # ---------------------------------------------------------------- the provider's side
@@ -433,6 +452,10 @@ def receive(
         row.error_detail = "terminated by the counter-party" + (f": {reasons[0]}" if reasons else "")
         row.pending_message = None
         row.next_attempt_at = None
+        code = message.get("code")
+        _log_conclusion(
+            session, row, "counter-party", row.error_detail, code if isinstance(code, str) else None
+        )
     elif kind is Message.AGREEMENT:
         _consumer_receive_agreement(session, core, row, message)
     elif kind is Message.VERIFICATION:
@@ -459,6 +482,7 @@ def receive(
             _provider_agree_or_refuse(session, core, row)
     elif kind is Message.FINALIZED:
         _receive(row, kind)
+        _log_conclusion(session, row, "counter-party")
     session.add(row)
     session.commit()
 
@@ -630,6 +654,7 @@ def operator_action(
     if action == "terminate" and _state(row) is None:
         # The provider never acknowledged it: there is no one to tell.
         _terminate_locally(row, str((body or {}).get("reason") or "terminated by the operator"))
+        _log_conclusion(session, row, "us", row.error_detail or "", "operator")
     elif action == "terminate":
         reason = (body or {}).get("reason") or "terminated by the operator"
         _enqueue(row, _termination(row, "operator", str(reason)))

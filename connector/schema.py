@@ -10,7 +10,17 @@ from catalog.models import (
     CrawlStatusRow,
     PolicyDefinition,
 )
+from connector.edr_models import EdrNegotiationRow
 from connector.transfer_models import TransferRow
+from connector.translog.models import (
+    LogAlertRow,
+    LogCheckpointRow,
+    LogCosignatureRow,
+    LogHeadRow,
+    LogLeafRow,
+    LogNodeRow,
+    WitnessedLogRow,
+)
 from contracts.models import AgreementRow, CasbinRuleRow, NegotiationRow, PolicyEngineVersionRow
 from identity.replay import SeenToken
 from identity.trustlist import Member
@@ -31,5 +41,13 @@ metadata = metadata_of(
         CasbinRuleRow,
         PolicyEngineVersionRow,
         TransferRow,
+        LogLeafRow,
+        LogNodeRow,
+        LogHeadRow,
+        LogCheckpointRow,
+        LogCosignatureRow,
+        WitnessedLogRow,
+        LogAlertRow,
+        EdrNegotiationRow,
     ]
 )

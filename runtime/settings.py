@@ -57,6 +57,8 @@ class ParticipantSettings(BaseSettings):
     token_lifetime_seconds: int = Field(default=120, ge=1, le=300)
     # How often a connector crawls the members' catalogs into its federated catalog (0: never).
     catalog_crawl_interval_seconds: int = Field(default=300, ge=0, le=86_400)
+    # How often a connector witnesses (checks and cosigns) the members' transfer logs (0: never).
+    log_witness_interval_seconds: int = Field(default=300, ge=0, le=86_400)
 
     @classmethod
     def settings_customise_sources(

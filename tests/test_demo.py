@@ -1,4 +1,4 @@
-"""The demo data space as a user runs it: `tessera demo`, four processes, Ctrl-C."""
+"""The demo data space as a user runs it: `tessera demo`, five processes, Ctrl-C."""
 
 from __future__ import annotations
 
@@ -18,14 +18,15 @@ import pytest
 from tests.conftest import CliResult
 
 NAMES = ("city", "transit", "utility", "consent")
+PORTS = 5  # the four participants and the embedded MQTT broker
 
 
-def _four_free_ports() -> int:
-    """A base port with the three ports after it free too."""
+def _free_ports() -> int:
+    """A base port with the four ports after it free too."""
     for base in range(21000, 60000, 37):
         socks = []
         try:
-            for offset in range(4):
+            for offset in range(PORTS):
                 sock = socket.socket()
                 sock.bind(("127.0.0.1", base + offset))
                 socks.append(sock)
@@ -35,7 +36,7 @@ def _four_free_ports() -> int:
         finally:
             for sock in socks:
                 sock.close()
-    raise RuntimeError("no four consecutive free ports")
+    raise RuntimeError("no five consecutive free ports")
 
 
 def _port_free(port: int) -> bool:
@@ -49,10 +50,20 @@ def _port_free(port: int) -> bool:
         return True
 
 
-def _start_demo(root: Path, base_port: int) -> subprocess.Popen[str]:
+def _start_demo(root: Path, base_port: int, *options: str) -> subprocess.Popen[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TESSERA_")}
     return subprocess.Popen(
-        [sys.executable, "-m", "connector", "demo", "--dir", str(root), "--base-port", str(base_port)],
+        [
+            sys.executable,
+            "-m",
+            "connector",
+            "demo",
+            "--dir",
+            str(root),
+            "--base-port",
+            str(base_port),
+            *options,
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -110,7 +121,7 @@ def _interrupt(process: subprocess.Popen[str]) -> tuple[int, str]:
 @pytest.mark.slow
 def test_demo_runs_four_participants_and_stops_cleanly(tmp_path: Path, tessera_cli) -> None:
     root = tmp_path / "demo"
-    base = _four_free_ports()
+    base = _free_ports()
     process = _start_demo(root, base)
     try:
         output = _read_until_ready(process)
@@ -128,11 +139,11 @@ def test_demo_runs_four_participants_and_stops_cleanly(tmp_path: Path, tessera_c
             for m in re.finditer(r"^\s+(\w+)\s+sees in (\w+):\s+(.*)$", output, re.MULTILINE)
         }
         assert seen == {
-            ("transit", "city"): "bike-counts, traffic-sensors",
+            ("transit", "city"): "bike-counts",
             ("utility", "city"): "bike-counts",
-            ("city", "transit"): "card-trips, ridership-by-stop",
+            ("city", "transit"): "card-trips, ridership-by-stop, traffic-sensors",
             ("utility", "transit"): "ridership-by-stop",
-            ("city", "utility"): "smart-meter-readings",
+            ("city", "utility"): "grid-load, smart-meter-readings",
             ("transit", "utility"): "(nothing)",
         }
 
@@ -150,6 +161,8 @@ def test_demo_runs_four_participants_and_stops_cleanly(tmp_path: Path, tessera_c
         assert re.search(r"alice's page shows: \S+ received 6 of her records \(card-trips, for traffic-planning\)",
                          output)  # fmt: skip
 
+        _check_transfers(root, output)
+
         # Everyone trusts everyone else: an authenticated call works between any two.
         for name in NAMES:
             result: CliResult = tessera_cli("dataspace", "list", "--json", "--dir", str(root / name))
@@ -166,7 +179,8 @@ def test_demo_runs_four_participants_and_stops_cleanly(tmp_path: Path, tessera_c
         code, rest = _interrupt(process)
         assert code == 0, rest
         assert "demo stopped" in rest
-        assert all(_port_free(base + offset) for offset in range(4)), "nothing is left listening"
+        assert "live subscription completed after" in rest
+        assert all(_port_free(base + offset) for offset in range(PORTS)), "nothing is left listening"
     finally:
         _stop(process)
 
@@ -178,20 +192,117 @@ def test_demo_runs_four_participants_and_stops_cleanly(tmp_path: Path, tessera_c
         assert "created connector" not in output
         assert "bike-counts (kept)" in output  # published once, found in place the second time
         assert "transit already holds agreement" in output  # negotiated once
+        assert "city already holds agreement" in output
+        _check_transfers(root, output)  # transfers run again under the same agreements
         assert {name: (root / name / "keys" / "public-key.jwk").read_text() for name in NAMES} == dids_before
         # Killed outright (no chance to clean up), the demo still takes its participants with it.
         process.kill()
         process.communicate(timeout=30)
         deadline = time.monotonic() + 20
-        while not all(_port_free(base + offset) for offset in range(4)):
+        while not all(_port_free(base + offset) for offset in range(PORTS)):
             assert time.monotonic() < deadline, "participants outlived a killed demo"
             time.sleep(0.5)
     finally:
         _stop(process)
 
 
+def _check_transfers(root: Path, output: str) -> None:
+    """Transit pulled bike-counts, the city receives traffic-sensors live, the utility pushed grid-load."""
+    pulled = re.search(r"transit pulled city's bike-counts: ([\d,]+) bytes into (\S+) ", output)
+    assert pulled, output
+    path = Path(pulled.group(2))
+    assert path == root / "transit" / "downloads" / "bike-counts.csv"
+    assert path.stat().st_size == int(pulled.group(1).replace(",", "")) > 0
+    assert path.read_bytes() == (root / "city" / "demo-data" / "bike-counts.csv").read_bytes()
+
+    live = re.search(r"city subscribed to transit's traffic-sensors live: (\d+) messages received so far, "
+                     r"appended to (\S+) ", output)  # fmt: skip
+    assert live, output
+    assert int(live.group(1)) >= 3
+    messages = Path(live.group(2))
+    assert messages == root / "city" / "live" / "traffic-sensors.ndjson"
+    before = len(messages.read_text().splitlines())
+    deadline = time.monotonic() + 30
+    while len(messages.read_text().splitlines()) <= before:  # still streaming, a reading a second
+        assert time.monotonic() < deadline, "no new live message arrived"
+        time.sleep(0.5)
+    last = json.loads(messages.read_text().splitlines()[-1])
+    assert {"datastream", "result", "phenomenonTime"} <= set(last)
+
+    pushed = re.search(r"utility pushed grid-load to city: ([\d,]+) bytes arrived as (\S+) ", output)
+    assert pushed, output
+    received = Path(pushed.group(2))
+    assert received.parent == root / "city" / "sink"
+    assert received.read_bytes() == (root / "utility" / "demo-data" / "grid-load.csv").read_bytes()
+    assert int(pushed.group(1).replace(",", "")) == received.stat().st_size
+    assert not list((root / "city" / "sink" / ".partial").glob("*")), "nothing half-written"
+    assert f"{_url_of(output, 'city')}/ui/transfers" in output
+    _check_operator_pages(root, output)
+
+
+def _signed_in(base_url: str, key: str) -> httpx.Client:
+    """A client signed in to a connector's operator pages, as a browser would (form, cookies)."""
+    client = httpx.Client(base_url=base_url, timeout=10)
+    form = client.get("/ui/login")
+    token = re.search(r'name="csrf_token" value="([^"]+)"', form.text)
+    assert token, form.text
+    signed = client.post("/ui/login", data={"csrf_token": token.group(1), "next": "/ui", "api_key": key})
+    assert signed.status_code == 303, signed.text
+    return client
+
+
+def _check_operator_pages(root: Path, output: str) -> None:
+    """The operator pages the demo points to show its transfers: transit's live one, the city's pushed file."""
+    for name, expected in (
+        ("transit", ("traffic-sensors", "live", "bike-counts", "STARTED")),
+        ("city", ("bike-counts", "traffic-sensors", "grid-load", "COMPLETED", str(root / "city" / "sink"))),
+    ):
+        key = (root / name / "management-api-key").read_text().strip()
+        client = _signed_in(_url_of(output, name), key)
+        try:
+            page = client.get("/ui/transfers")
+        finally:
+            client.close()
+        assert page.status_code == 200
+        for text in expected:
+            assert text in page.text, f"{name}'s transfer page does not show {text!r}"
+
+
+def _url_of(output: str, name: str) -> str:
+    found = re.search(rf"^\s+{name}\s+connector\s+(\S+)", output, re.MULTILINE)
+    assert found, output
+    return found.group(1)
+
+
+@pytest.mark.slow
+def test_demo_streams_live_data_from_a_configured_broker(tmp_path: Path) -> None:
+    """With --mqtt-broker (the local Mosquitto) the demo starts no broker of its own and publishes there."""
+    with socket.socket() as probe:
+        if probe.connect_ex(("127.0.0.1", 1883)) != 0:
+            pytest.skip("no MQTT broker at 127.0.0.1:1883")
+    root = tmp_path / "demo"
+    base = _free_ports()
+    process = _start_demo(root, base, "--mqtt-broker", "127.0.0.1:1883")
+    try:
+        output = _read_until_ready(process)
+        assert _port_free(base + 4), "no embedded broker was started"
+        _check_transfers(root, output)
+        address = json.loads(
+            httpx.get(
+                f"http://127.0.0.1:{base + 1}/management/v3/assets/traffic-sensors",
+                headers={"X-Api-Key": (root / "transit" / "management-api-key").read_text().strip()},
+                timeout=10,
+            ).text
+        )["dataAddress"]
+        assert "127.0.0.1:1883" in json.dumps(address)
+        code, rest = _interrupt(process)
+        assert code == 0, rest
+    finally:
+        _stop(process)
+
+
 def test_demo_refuses_a_port_in_use(tmp_path: Path) -> None:
-    base = _four_free_ports()
+    base = _free_ports()
     with socket.socket() as blocker:
         blocker.bind(("127.0.0.1", base + 2))
         blocker.listen(1)

@@ -309,7 +309,16 @@ def test_keyboard_only(space: DataSpace, page: Page) -> None:
     _assert_visible_focus(skip)
     assert float(skip["top"]) >= 0  # shown on screen while it has focus
     screenshot(page, "keyboard-skip-link")
-    for expected in ("Assets and offers", "Marketplace", "Negotiations", "Agreements", "Sign out"):
+    navigation = (
+        "Assets and offers",
+        "Marketplace",
+        "Negotiations",
+        "Agreements",
+        "Transfers",
+        "Transfer log",
+        "Sign out",
+    )
+    for expected in navigation:
         page.keyboard.press("Tab")
         focused = _focused(page)
         assert focused["text"] == expected, focused
@@ -318,7 +327,7 @@ def test_keyboard_only(space: DataSpace, page: Page) -> None:
             screenshot(page, "keyboard-navigation")
 
     # The skip link moves focus to the main content; the next Tab reaches its first control.
-    for _ in range(5):
+    for _ in range(len(navigation)):
         page.keyboard.press("Shift+Tab")
     assert _focused(page)["text"] == "Skip to main content"
     page.keyboard.press("Enter")

@@ -252,9 +252,15 @@ def _add(data_dir: Path, member: Node) -> tuple[str, ...]:
 
 @contextmanager
 def transfer_pair(
-    tmp_path: Path, database: str, new_pg_database: Callable[[], str] | None = None
+    tmp_path: Path,
+    database: str,
+    new_pg_database: Callable[[], str] | None = None,
+    city_settings: dict[str, Any] | None = None,
 ) -> Iterator[TransferPair]:
-    """city and transit, introduced to each other, on ``database`` ("sqlite" or "postgresql"), served."""
+    """city and transit, introduced to each other, on ``database`` ("sqlite" or "postgresql"), served.
+
+    ``city_settings``: more lines for city's tessera.toml (e.g. a short data token lifetime).
+    """
     city = Node("city", tmp_path / "city", free_port())
     transit = Node("transit", tmp_path / "transit", free_port())
     for node in (city, transit):
@@ -267,6 +273,9 @@ def transfer_pair(
     for receiver, member in ((city, transit), (transit, city)):
         result = run_cli(*_add(receiver.data_dir, member))
         assert result.code == 0, result.stderr
+    # After the CLI's own use of the directory: its generic settings do not know connector-only keys.
+    with (city.data_dir / "tessera.toml").open("a") as config:
+        config.writelines(f"{key} = {json.dumps(value)}\n" for key, value in (city_settings or {}).items())
     with ExitStack() as stack:
         with running(stack, city, transit):
             pass

@@ -10,10 +10,12 @@ import sys
 
 import typer
 
+from connector.cli.audit_commands import audit_app
 from connector.cli.catalog_commands import assets_app, register_catalog_commands
 from connector.cli.citizen_commands import citizen_app
 from connector.cli.contracts_commands import contracts_app
 from connector.cli.dataspace import dataspace_app
+from connector.cli.fetch_command import register_fetch_command
 from connector.cli.participant import consent_app, db_app, register_participant_commands
 from identity.errors import IdentityError
 from runtime.errors import StartupError
@@ -33,6 +35,8 @@ consent_app.add_typer(citizen_app, name="citizen")
 app.add_typer(assets_app, name="assets")
 register_catalog_commands(app)
 app.add_typer(contracts_app, name="contracts")
+app.add_typer(audit_app, name="audit")
+register_fetch_command(app)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -63,11 +63,19 @@ def register_participant_commands(app: typer.Typer) -> None:
             ".tessera-demo"
         ),
         base_port: Annotated[int, typer.Option("--base-port", help="Port of the first participant.")] = 8001,
+        mqtt_broker: Annotated[
+            str | None,
+            typer.Option(
+                "--mqtt-broker",
+                help="HOST:PORT of an MQTT broker for the live sensor data; without it the demo starts "
+                "its own (pure Python) on the port after the consent service's.",
+            ),
+        ] = None,
     ) -> None:
         """Run the demo data space: city, transit, utility and the consent service on 127.0.0.1."""
         from connector.demo import run_demo
 
-        run_demo(data_dir, base_port)
+        run_demo(data_dir, base_port, mqtt_broker)
 
 
 def _serve_connector(data_dir: Path) -> None:

@@ -35,7 +35,7 @@ from connector.negotiations import (
     settle,
 )
 from contracts.models import NegotiationRow
-from contracts.negotiation import Message, Role, transition
+from contracts.negotiation import Message, Role, State, transition
 from identity.peer_auth import Peer, authenticated_peer
 from runtime.dependencies import db_session, service_core
 from runtime.requests import BodyError, read_json
@@ -79,6 +79,11 @@ async def _message(request: Request, kinds: tuple[Message, ...]) -> tuple[Messag
 
 def _kick(request: Request, row: NegotiationRow) -> BackgroundTask | None:
     """After the answer is sent, deliver the message this step queued (if any)."""
+    finalized = getattr(request.app.state, "on_negotiation_finalized", None)
+    if (
+        row.state == State.FINALIZED.value and finalized is not None
+    ):  # hook: EDR negotiations go on to transfer
+        return BackgroundTask(finalized, row.id)
     if row.pending_message is None:
         return None
     worker = request.app.state.negotiation_worker

@@ -129,6 +129,7 @@ SECTION_HOMES = {
     "marketplace": ("/ui/marketplace", "Back to the marketplace"),
     "negotiations": ("/ui/negotiations", "Back to negotiations"),
     "agreements": ("/ui/agreements", "Back to agreements"),
+    "transfers": ("/ui/transfers", "Back to transfers"),
 }
 
 

@@ -1,4 +1,4 @@
-"""``/ui``: the operator pages — sign-in, assets and offers, the marketplace, negotiations, agreements.
+"""``/ui``: the operator pages — sign-in, assets and offers, the marketplace, negotiations, agreements, transfers.
 
 Server-rendered HTML that works without JavaScript. Every page but sign-in
 needs a session (else it redirects to ``/ui/login``); every form that changes
@@ -42,6 +42,8 @@ from connector.pages.marketplace_view import (
 )
 from connector.pages.negotiation_routes import negotiation_pages_router
 from connector.pages.render import not_found_page, page, refused_page, stylesheet
+from connector.pages.transfer_log_view import transfer_log_page_router
+from connector.pages.transfer_routes import transfer_pages_router
 from runtime.dependencies import db_session, service_core
 from runtime.forms import read_form
 from runtime.ratelimit import SlidingWindowLimiter
@@ -230,4 +232,6 @@ def pages_router() -> APIRouter:
         )
 
     router.include_router(negotiation_pages_router())
+    router.include_router(transfer_pages_router())
+    router.include_router(transfer_log_page_router())
     return router
