@@ -17,6 +17,9 @@ agreement, the query an index-less service would run), and the in-memory
 decision index called in-process (``DecisionIndex.decide``), so HTTP and
 authentication overhead can be told apart from the lookup.
 
+Where a PostgreSQL server answers (TESSERA_TEST_POSTGRES_URL or the local default), the same rows are
+copied into a throwaway database: the raw lookup there (`= ANY(array)`) and the index loaded from it.
+
 Target: at least 200,000 decisions per second through HTTP.
 """
 
@@ -35,22 +38,33 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import psycopg
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from sqlalchemy import Engine, insert, update
+from sqlalchemy import Engine, insert, select, update
 from sqlmodel import Session
 
 from bench.common import BenchResult, Figure, Measure, Target
-from bench.processes import environment_for, free_port, server_environment, serving
+from bench.processes import (
+    environment_for,
+    free_port,
+    postgres_admin_url,
+    postgres_unreachable,
+    server_environment,
+    serving,
+    throwaway_postgres,
+)
 from consent.agreements import AgreementTerms, register_agreement
 from consent.decisions import DecisionIndex
 from consent.hashing import new_pseudonym_key, subject_hash
 from consent.ledger import HEAD_ID, event_hash
 from consent.models import Citizen, ConsentEvent, ConsentRecord, FeedHead, Organisation, SubjectIdentifier
+from consent.schema import metadata as consent_metadata
 from consent.settings import load_consent_settings
 from identity.keys import public_jwk
 from identity.peer_client import PeerClient
 from identity.trustlist import add_member
 from runtime.database import make_engine
+from runtime.migrate import upgrade
 from runtime.participant import init_participant
 from runtime.service import prepare_database
 
@@ -159,6 +173,80 @@ def seed(
             update(FeedHead).where(FeedHead.id == HEAD_ID).values(seq=seq, last_event_hash=previous)  # type: ignore[arg-type]
         )
     return agreement_id, hashes, time.perf_counter() - started
+
+
+COPIED_TABLES = (
+    "consent_organisation", "consent_data_agreement", "consent_agreement_revision", "consent_change",
+    "consent_citizen", "consent_subject_identifier", "consent_record", "consent_event",
+)  # fmt: skip
+
+
+def copy_consent_rows(source: Engine, target: Engine) -> float:
+    """The seeded rows copied into another (migrated, empty) consent database; seconds taken."""
+    started = time.perf_counter()
+    with source.connect() as reading, target.begin() as writing:
+        for name in COPIED_TABLES:
+            table = consent_metadata.tables[name]
+            rows = reading.execute(select(table)).yield_per(CHUNK)
+            for chunk in rows.partitions():
+                writing.execute(insert(table), [row._asdict() for row in chunk])
+        heads = consent_metadata.tables["consent_feed_head"]
+        head = reading.execute(select(heads.c.seq, heads.c.last_event_hash)).one()
+        writing.execute(
+            update(heads).where(heads.c.id == HEAD_ID).values(seq=head[0], last_event_hash=head[1])
+        )
+    url = target.url.render_as_string(hide_password=False).replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(
+        url, autocommit=True
+    ) as connection:  # planner statistics, as autovacuum would gather
+        connection.execute("ANALYZE")
+    return time.perf_counter() - started
+
+
+def raw_sql_postgres(database_url: str, agreement: str, work: list[list[str]]) -> tuple[float, int]:
+    """Decisions per second of the bare SQL lookup on PostgreSQL (``= ANY(array)``, psycopg)."""
+    query = RAW_SQL.replace("?", "%s").replace("IN ({marks})", "= ANY(%s)")
+    allowed = 0
+    now = int(time.time() * 1000)
+    with psycopg.connect(database_url.replace("postgresql+psycopg://", "postgresql://")) as connection:
+        connection.execute("SET statement_timeout = '60s'")
+        started = time.perf_counter()
+        for subjects in work:
+            allowed += len(
+                connection.execute(query, (CONTROLLER, agreement, RECIPIENT, now, subjects)).fetchall()
+            )
+        elapsed = time.perf_counter() - started
+    return len(work) * BATCH / elapsed, allowed
+
+
+def postgres_figures(
+    sqlite_engine: Engine, agreement: str, work: list[list[str]], raw: Measure, expected: int
+) -> tuple[list[Figure], list[str]]:
+    """The raw lookup and the in-process index on a PostgreSQL copy of the same rows, where a server answers."""
+    admin_url = postgres_admin_url()
+    unreachable = postgres_unreachable(admin_url)
+    if unreachable:
+        return [], [f"PostgreSQL not measured: {unreachable}"]
+    with throwaway_postgres(admin_url) as (database_url,):
+        url = database_url.replace("postgresql://", "postgresql+psycopg://", 1)
+        upgrade("consent", url)
+        engine = make_engine(url)
+        try:
+            copy_s = copy_consent_rows(sqlite_engine, engine)
+            print(f"   copied to PostgreSQL in {copy_s:.1f} s", flush=True)
+            pg_rate, pg_allowed = raw_sql_postgres(url, agreement, work)
+            index_rate, load_s, index_allowed = in_process(engine, work)
+        finally:
+            engine.dispose()
+    assert pg_allowed == index_allowed == expected, (pg_allowed, index_allowed, expected)
+    pg_raw = Measure("raw SQL lookup (PostgreSQL, = ANY of 1,000)", pg_rate, "decisions/s")
+    return (
+        [
+            Figure("raw SQL lookup on PostgreSQL", pg_rate, "decisions/s", raw),
+            Figure("decisions/s in-process index on PostgreSQL", index_rate, "decisions/s", pg_raw),
+        ],
+        [f"PostgreSQL: rows copied in {copy_s:.1f} s; index loaded from PostgreSQL in {load_s:.1f} s"],
+    )
 
 
 def batches(hashes: list[str], count: int, rng: random.Random) -> list[list[str]]:
@@ -301,6 +389,8 @@ def run(quick: bool) -> BenchResult:
                 http2_rate, _ = over_http(url, peer, settings.did, batches(hashes, requests, rng), 2)
                 rss_loaded = vm_rss_mb(process.pid)
                 peak = vm_rss_mb(process.pid, "VmHWM")
+            sqlite_raw = Measure("raw SQL lookup (sqlite3, IN of 1,000)", raw_rate, "decisions/s")
+            pg_figures, pg_notes = postgres_figures(engine, agreement, work, sqlite_raw, raw_allowed)
         finally:
             engine.dispose()
     raw = Measure("raw SQL lookup (sqlite3, IN of 1,000)", raw_rate, "decisions/s")
@@ -315,6 +405,7 @@ def run(quick: bool) -> BenchResult:
             "decisions/s",
             raw,
         ),
+        *pg_figures,
     ]
     return BenchResult(
         name=NAME,
@@ -341,6 +432,7 @@ def run(quick: bool) -> BenchResult:
             "HTTP = POST /api/v1/decisions on a kept-alive loopback connection (http.client), a fresh "
             "self-issued token per request (issued before the timed loop), response parsed",
             f"raw SQL = {RAW_SQL.format(marks='…')}",
+            *pg_notes,
             f"load average (1 min) at start: {load:.2f} on {os.cpu_count()} CPUs shared with other work",
         ],
         parameters={"records": count, "batch": BATCH, "requests": requests},

@@ -143,9 +143,17 @@ class ConsentService:
 
 
 def create_consent_service(
-    root: Path, *, oidc_issuer: str | None = None, port: int | None = None
+    root: Path,
+    *,
+    oidc_issuer: str | None = None,
+    port: int | None = None,
+    more_citizens: tuple[str, ...] = (),
+    transfers_for: tuple[str, ...] = ("alice",),
 ) -> ConsentService:
-    """``tessera consent init``, OIDC settings, citizens alice and bob, two organisations' agreements."""
+    """``tessera consent init``, OIDC settings, citizens alice, bob (and more), two organisations' agreements.
+
+    Alice's password comes from standard input; the others' are generated and printed by the CLI.
+    """
     port = port or free_port()
     data_dir = root / "consent"
     tessera("consent", "init", "--name", "consent", "--port", str(port), "--dir", str(data_dir))
@@ -167,15 +175,19 @@ def create_consent_service(
         str(data_dir),
         stdin=ALICE_PASSWORD + "\n",
     )
-    printed = tessera("consent", "citizen", "add", "bob", "--dir", str(data_dir))
-    match = re.search(r"password \(shown once\): (\S+)", printed)
-    assert match is not None, printed
-    passwords = {"alice": ALICE_PASSWORD, "bob": match.group(1)}
-    agreements, citizen_ids = seed(data_dir)
+    passwords = {"alice": ALICE_PASSWORD}
+    for name in ("bob", *more_citizens):
+        printed = tessera("consent", "citizen", "add", name, "--dir", str(data_dir))
+        match = re.search(r"password \(shown once\): (\S+)", printed)
+        assert match is not None, printed
+        passwords[name] = match.group(1)
+    agreements, citizen_ids = seed(data_dir, list(passwords), transfers_for)
     return ConsentService(data_dir, port, passwords, citizen_ids, agreements)
 
 
-def seed(data_dir: Path) -> tuple[dict[str, str], dict[str, str]]:
+def seed(
+    data_dir: Path, citizens: list[str], transfers_for: tuple[str, ...]
+) -> tuple[dict[str, str], dict[str, str]]:
     """Transit's card-trips agreement (recipients city and utility), the city's parking one, transfers."""
     settings = load_consent_settings(data_dir)
     prepare_database(settings, "consent")
@@ -214,24 +226,25 @@ def seed(data_dir: Path) -> tuple[dict[str, str], dict[str, str]]:
                 ),
             )
             ids = {}
-            for name in ("alice", "bob"):
+            for name in citizens:
                 account = find_by_name(session, name)
                 assert account is not None
                 ids[name] = account.id
-            # What transit's connector reported about alice's trips (the connector-facing API's job).
-            session.add(
-                TransferSummary(
-                    citizen_id=ids["alice"],
-                    controller_did=TRANSIT,
-                    recipient_did=CITY,
-                    purpose="traffic-planning",
-                    dataset="card-trips",
-                    transfer_id="transfer-0001",
-                    record_count=42,
-                    transferred_at=now_millis() - 3_600_000,
-                    reported_at=now_millis(),
+            # What transit's connector reported about these citizens' trips (the connector API's job).
+            for name in transfers_for:
+                session.add(
+                    TransferSummary(
+                        citizen_id=ids[name],
+                        controller_did=TRANSIT,
+                        recipient_did=CITY,
+                        purpose="traffic-planning",
+                        dataset="card-trips",
+                        transfer_id="transfer-0001",
+                        record_count=42,
+                        transferred_at=now_millis() - 3_600_000,
+                        reported_at=now_millis(),
+                    )
                 )
-            )
             session.commit()
             return {"trips": trips.agreement_id, "parking": parking.agreement_id}, ids
     finally:

@@ -166,6 +166,29 @@ def test_citizen_add_refuses_bad_names_duplicates_and_short_passwords(service: C
     assert "Not A Name" not in listed
 
 
+def test_a_new_password_ends_every_session(service: ConsentService, app_core: ServiceCore) -> None:
+    tessera(
+        "consent",
+        "citizen",
+        "add",
+        "ivan",
+        "--password-stdin",
+        "--dir",
+        str(service.data_dir),
+        stdin="ivan-password-1\n",
+    )
+    browser = client_for(app_core, service, "10.9.1.1")
+    assert sign_in(browser, "ivan", "ivan-password-1").status_code == 303
+    printed = tessera("consent", "citizen", "password", "ivan", "--dir", str(service.data_dir))
+    new = re.search(r"password \(shown once\): (\S+)", printed)
+    assert new is not None
+    assert browser.get("/citizen", follow_redirects=False).status_code == 303  # signed out
+    assert sign_in(client_for(app_core, service, "10.9.1.2"), "ivan", "ivan-password-1").status_code == 401
+    assert sign_in(client_for(app_core, service, "10.9.1.3"), "ivan", new.group(1)).status_code == 303
+    unknown = run_tessera("consent", "citizen", "password", "nobody", "--dir", str(service.data_dir))
+    assert_one_line_error(unknown, "no citizen named 'nobody'")
+
+
 def test_passwords_are_stored_as_argon2_hashes(app_core: ServiceCore) -> None:
     from sqlmodel import Session, select
 

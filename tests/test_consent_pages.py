@@ -53,7 +53,11 @@ def running(
     callback = f"http://127.0.0.1:{consent_port}/citizen/oidc/callback"
     with oidc_provider(callback, port=provider_port) as provider:
         service = create_consent_service(
-            tmp_path_factory.mktemp("consent-pages"), oidc_issuer=provider.base_url, port=consent_port
+            tmp_path_factory.mktemp("consent-pages"),
+            oidc_issuer=provider.base_url,
+            port=consent_port,
+            more_citizens=("carol", "dave"),
+            transfers_for=("alice", "carol"),
         )
         with serving(service.data_dir, service.port):
             yield service, provider
@@ -64,9 +68,20 @@ def service(running: tuple[ConsentService, Provider]) -> ConsentService:
     return running[0]
 
 
+@pytest.fixture(params=[True, False], ids=["with-script", "without-script"])
+def javascript(request: pytest.FixtureRequest) -> bool:
+    """Whether the page's script (the progressive enhancement) loads; the page must work either way."""
+    enabled: bool = request.param
+    return enabled
+
+
 @pytest.fixture
-def context(browser: Browser) -> Iterator[BrowserContext]:
+def context(browser: Browser, javascript: bool) -> Iterator[BrowserContext]:
     made = browser.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=True)
+    if not javascript:
+        # The page's own script never arrives (as in a browser without JavaScript). JavaScript itself
+        # stays on for Playwright and axe-core, which run their checks through it.
+        made.route("**/citizen/static/consent.js", lambda route: route.abort())
     try:
         yield made
     finally:
@@ -76,6 +91,11 @@ def context(browser: Browser) -> Iterator[BrowserContext]:
 @pytest.fixture
 def page(context: BrowserContext) -> Page:
     return context.new_page()
+
+
+def shot(page: Page, javascript: bool, name: str) -> None:
+    """A screenshot of this state, named for the mode (``-no-js`` when JavaScript is off)."""
+    screenshot(page, name if javascript else f"{name}-no-js")
 
 
 def assert_accessible(page: Page) -> None:
@@ -112,13 +132,13 @@ def download(page: Page, link_name: str, tmp_path: Path) -> Path:
 
 
 @pytest.mark.slow
-def test_sign_in_page_and_a_wrong_password(service: ConsentService, page: Page) -> None:
+def test_sign_in_page_and_a_wrong_password(service: ConsentService, page: Page, javascript: bool) -> None:
     page.goto(f"{service.base_url}/citizen")
     expect(page).to_have_url(f"{service.base_url}/citizen/sign-in")
     expect(page).to_have_title("Sign in — Your data sharing choices")
     expect(page.get_by_role("navigation")).to_have_count(0)
     expect(page.get_by_role("button", name="Sign in with the test provider")).to_be_visible()
-    screenshot(page, "consent-sign-in")
+    shot(page, javascript, "consent-sign-in")
     assert_accessible(page)
 
     page.get_by_label("Name").fill("alice")
@@ -130,15 +150,16 @@ def test_sign_in_page_and_a_wrong_password(service: ConsentService, page: Page) 
     assert sent.value.status == 401
     expect(page.get_by_role("alert")).to_contain_text("That name and password do not match an account.")
     expect(page.get_by_label("Password")).to_have_attribute("aria-invalid", "true")
-    screenshot(page, "consent-sign-in-error")
+    shot(page, javascript, "consent-sign-in-error")
     assert_accessible(page)
 
 
 @pytest.mark.slow
 def test_choices_receipts_history_transfers_export_and_withdraw_everything(
-    service: ConsentService, page: Page, tmp_path: Path
+    service: ConsentService, page: Page, tmp_path: Path, javascript: bool
 ) -> None:
-    sign_in(page, service, "alice")
+    citizen = "alice" if javascript else "carol"
+    sign_in(page, service, citizen)
     expect(page.get_by_role("heading", level=1)).to_have_text("Your choices")
     expect(page.get_by_role("heading", level=2, name="Tessera Transit")).to_be_visible()
     expect(page.get_by_role("heading", level=2, name="City of Tessera")).to_be_visible()
@@ -148,10 +169,12 @@ def test_choices_receipts_history_transfers_export_and_withdraw_everything(
         assert_switch(page, name, on=False)  # off until the citizen turns it on
     expect(page.locator("#confirmation")).to_be_empty()  # the live region, empty until something changes
     status = page.get_by_role("status")
-    screenshot(page, "consent-choices-all-off")
+    shot(page, javascript, "consent-choices-all-off")
     assert_accessible(page)
 
-    # Turn one on: confirmed in the live region, the switch says On, the others stay off.
+    # Turn one on: confirmed in the live region, the switch says On, the others stay off. With
+    # JavaScript the page stays (the region's text changes, which is what screen readers announce).
+    page.evaluate("window.stayed = true")
     page.get_by_role("switch", name=CITY_SWITCH).click()
     expect(page).to_have_url(re.compile(r"/citizen\?saved=\d+#choice-2$"))
     expect(status).to_contain_text("Saved: City of Tessera may now receive your data for traffic planning.")
@@ -159,13 +182,19 @@ def test_choices_receipts_history_transfers_export_and_withdraw_everything(
     assert_switch(page, CITY_SWITCH, on=True)
     assert_switch(page, UTILITY_SWITCH, on=False)
     expect(page.get_by_text("You said yes on")).to_be_visible()
-    screenshot(page, "consent-choice-on")
+    expect(page).to_have_title("Saved — Your choices — Your data sharing choices")
+    if javascript:
+        assert page.evaluate("window.stayed") is True, "the page was loaded again"
+        assert _focused(page)["name"] == CITY_SWITCH  # focus stays on the switch
+    else:
+        assert page.evaluate("window.stayed") is None, "without the script the form is posted"
+    shot(page, javascript, "consent-choice-on")
     assert_accessible(page)
 
     # The receipt: a JWS signed with the key the service's DID document publishes.
     receipt = download(page, "Download the receipt of this change", tmp_path)
     claims = verify_receipt(receipt.read_text(), public_jwk_of_service(service.base_url))
-    assert claims["piiPrincipalId"] == service.citizen_ids["alice"]
+    assert claims["piiPrincipalId"] == service.citizen_ids[citizen]
     assert claims["consentRecord"]["state"] == "ConsentGiven"
     purpose = claims["services"][0]["purposes"][0]
     assert (purpose["thirdPartyName"], purpose["purposeCategory"]) == (
@@ -182,7 +211,7 @@ def test_choices_receipts_history_transfers_export_and_withdraw_everything(
     withdrawal = download(page, "Download the receipt of this change", tmp_path)
     withdrawn_claims = verify_receipt(withdrawal.read_text(), public_jwk_of_service(service.base_url))
     assert withdrawn_claims["consentRecord"]["state"] == "ConsentWithdrawn"
-    screenshot(page, "consent-choice-withdrawn")
+    shot(page, javascript, "consent-choice-withdrawn")
     page.get_by_role("switch", name=CITY_SWITCH).click()
     expect(status).to_contain_text("may now receive")
     page.get_by_role("switch", name=PARKING_SWITCH).click()
@@ -197,7 +226,7 @@ def test_choices_receipts_history_transfers_export_and_withdraw_everything(
     expect(rows.nth(1)).to_contain_text("Tessera Transit")
     expect(rows.nth(3)).to_contain_text("You withdrew your yes")
     expect(page.get_by_role("link", name=re.compile(r"^Download the receipt of "))).to_have_count(4)
-    screenshot(page, "consent-history")
+    shot(page, javascript, "consent-history")
     assert_accessible(page)
 
     # Who received the data: transit's report of the city's pull.
@@ -207,13 +236,13 @@ def test_choices_receipts_history_transfers_export_and_withdraw_everything(
     expect(transfer).to_contain_text("City of Tessera")
     expect(transfer).to_contain_text("card-trips")
     expect(transfer).to_contain_text("42")
-    screenshot(page, "consent-transfers")
+    shot(page, javascript, "consent-transfers")
     assert_accessible(page)
 
     # Export: everything as JSON.
     exported = json.loads(download(page, "Download all as JSON", tmp_path).read_text())
-    assert exported["citizen"] == service.citizen_ids["alice"]
-    assert exported["account"]["name"] == "alice"
+    assert exported["citizen"] == service.citizen_ids[citizen]
+    assert exported["account"]["name"] == citizen
     assert [entry["state"] for entry in exported["history"]] == [
         "ConsentGiven",
         "ConsentWithdrawn",
@@ -238,7 +267,7 @@ def test_choices_receipts_history_transfers_export_and_withdraw_everything(
     expect(
         page.get_by_role("listitem").filter(has_text="with Tessera Transit for parking planning")
     ).to_have_count(1)
-    screenshot(page, "consent-withdraw-everything-confirm")
+    shot(page, javascript, "consent-withdraw-everything-confirm")
     assert_accessible(page)
     page.get_by_role("link", name="No, keep my choices").click()
     assert_switch(page, CITY_SWITCH, on=True)  # nothing changed
@@ -250,7 +279,7 @@ def test_choices_receipts_history_transfers_export_and_withdraw_everything(
     )
     for name in (CITY_SWITCH, UTILITY_SWITCH, PARKING_SWITCH):
         assert_switch(page, name, on=False)
-    screenshot(page, "consent-everything-withdrawn")
+    shot(page, javascript, "consent-everything-withdrawn")
     assert_accessible(page)
 
 
@@ -297,16 +326,17 @@ def tab_to(page: Page, name: str, *, key: str = "Tab", limit: int = 40) -> dict[
 
 
 @pytest.mark.slow
-def test_keyboard_only(service: ConsentService, page: Page, tmp_path: Path) -> None:
+def test_keyboard_only(service: ConsentService, page: Page, tmp_path: Path, javascript: bool) -> None:
+    citizen = "bob" if javascript else "dave"
     page.goto(f"{service.base_url}/citizen/sign-in")
     page.keyboard.press("Tab")
     assert _focused(page)["name"] == "Skip to main content"
     page.keyboard.press("Tab")
     assert _focused(page)["name"] == "name"
-    page.keyboard.type("bob")
+    page.keyboard.type(citizen)
     page.keyboard.press("Tab")
     assert _focused(page)["name"] == "password"
-    page.keyboard.type(service.passwords["bob"])
+    page.keyboard.type(service.passwords[citizen])
     page.keyboard.press("Enter")
     expect(page).to_have_url(f"{service.base_url}/citizen")
 
@@ -319,7 +349,7 @@ def test_keyboard_only(service: ConsentService, page: Page, tmp_path: Path) -> N
         focused = _focused(page)
         assert focused["name"] == expected, focused
         _assert_visible_focus(focused)
-    tab_to(page, "Sign out bob")
+    tab_to(page, f"Sign out {citizen}")
     tab_to(page, "Skip to main content", key="Shift+Tab")
     page.keyboard.press("Enter")
     assert _focused(page)["tag"] == "main"
@@ -331,11 +361,13 @@ def test_keyboard_only(service: ConsentService, page: Page, tmp_path: Path) -> N
     _assert_visible_focus(switch)
     assert float(switch["height"]) >= 24  # WCAG 2.2 target size (minimum)
     assert float(switch["width"]) >= 24
-    screenshot(page, "consent-keyboard-switch-focused")
+    shot(page, javascript, "consent-keyboard-switch-focused")
     page.keyboard.press("Space")
     expect(page.get_by_role("status")).to_contain_text("Saved: Tessera Transit may now receive")
-    # Focus carries on from the switch just used (the page returns to it), so the next Tab is there.
-    page.keyboard.press("Tab")
+    # Focus carries on from the switch just used: with JavaScript it never left; without, the page
+    # comes back at that switch, so the next Tab lands on it.
+    if not javascript:
+        page.keyboard.press("Tab")
     again = _focused(page)
     assert (again["name"], again["checked"]) == (PARKING_SWITCH, "true"), again
     page.keyboard.press("Tab")
@@ -344,7 +376,7 @@ def test_keyboard_only(service: ConsentService, page: Page, tmp_path: Path) -> N
     page.keyboard.press("Enter")  # Enter works as well as Space
     expect(page.get_by_role("status")).to_contain_text("Saved: City of Tessera may now receive")
     assert_switch(page, CITY_SWITCH, on=True)
-    screenshot(page, "consent-keyboard-switch-on")
+    shot(page, javascript, "consent-keyboard-switch-on")
 
     # The receipt link of the confirmation, reached by keyboard.
     tab_to(page, "Download the receipt of this change", key="Shift+Tab")
@@ -360,7 +392,7 @@ def test_keyboard_only(service: ConsentService, page: Page, tmp_path: Path) -> N
     page.keyboard.press("Enter")
     expect(page.get_by_role("heading", level=1)).to_have_text("Withdraw everything")
     tab_to(page, "Yes, withdraw everything")
-    screenshot(page, "consent-keyboard-withdraw-confirm")
+    shot(page, javascript, "consent-keyboard-withdraw-confirm")
     page.keyboard.press("Enter")
     expect(page.get_by_role("status")).to_have_text(
         "Withdrawn: all 2 of your yes answers are now off. Receipts are in your history."
@@ -372,24 +404,26 @@ def test_keyboard_only(service: ConsentService, page: Page, tmp_path: Path) -> N
     tab_to(page, "History", key="Shift+Tab")
     page.keyboard.press("Enter")
     expect(page.get_by_role("row")).to_have_count(5)
-    tab_to(page, "Sign out bob")
+    tab_to(page, f"Sign out {citizen}")
     page.keyboard.press("Enter")
     expect(page).to_have_url(f"{service.base_url}/citizen/sign-in?signed_out=true")
     expect(page.get_by_role("status")).to_have_text("You have signed out.")
-    screenshot(page, "consent-signed-out")
+    shot(page, javascript, "consent-signed-out")
 
 
 @pytest.mark.slow
-def test_sign_in_through_the_oidc_provider(running: tuple[ConsentService, Provider], page: Page) -> None:
+def test_sign_in_through_the_oidc_provider(
+    running: tuple[ConsentService, Provider], page: Page, javascript: bool
+) -> None:
     service, provider = running
     page.goto(f"{service.base_url}/citizen/sign-in")
     page.get_by_role("button", name="Sign in with the test provider").click()
     expect(page).to_have_url(re.compile(rf"^{re.escape(provider.base_url)}/authorize\?"))
     page.get_by_label("Subject").fill("city-id-1234")
-    screenshot(page, "consent-oidc-provider")
+    shot(page, javascript, "consent-oidc-provider")
     page.get_by_role("button", name="Continue").click()
     expect(page).to_have_url(f"{service.base_url}/citizen")
     expect(page.get_by_text("Hello, Test citizen city-id-1234.")).to_be_visible()
     assert_switch(page, CITY_SWITCH, on=False)  # a new citizen: everything off
-    screenshot(page, "consent-oidc-signed-in")
+    shot(page, javascript, "consent-oidc-signed-in")
     assert_accessible(page)

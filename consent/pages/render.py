@@ -14,10 +14,11 @@ from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescap
 from consent.pages.auth import Citizen
 from runtime.dependencies import service_core
 
-# No script at all, styles from this service only, forms post back here only, no framing.
+# Scripts and styles from this service only (one small script that enhances the switches; the pages
+# work without it), requests back here only, forms post back here only, no framing.
 CONTENT_SECURITY_POLICY = (
-    "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
-    "frame-ancestors 'none'; base-uri 'none'"
+    "default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'self'; img-src 'self'; "
+    "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
 )
 
 
@@ -72,8 +73,8 @@ def environment() -> Environment:
 
 
 @cache
-def stylesheet() -> bytes:
-    return (resources.files("consent.pages") / "static" / "consent.css").read_bytes()
+def static_file(name: str) -> bytes:
+    return (resources.files("consent.pages") / "static" / name).read_bytes()
 
 
 def page(

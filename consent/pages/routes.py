@@ -19,7 +19,7 @@ from sqlmodel import Session
 
 from consent.errors import ConsentError, NotFound
 from consent.pages.auth import PAGES_PATH, Citizen, csrf_matches, require_citizen
-from consent.pages.render import message_page, page, refused_page, stylesheet
+from consent.pages.render import message_page, page, refused_page, static_file
 from consent.pages.words import (
     Names,
     category_words,
@@ -47,6 +47,7 @@ from runtime.forms import form_text, read_form
 METHOD = "self-service-page"
 DOWNLOAD_HEADERS = {"X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"}
 MAX_SEQ_DIGITS = 18
+STATIC_HEADERS = {"Cache-Control": "max-age=3600", "X-Content-Type-Options": "nosniff"}
 
 
 def _actor(citizen: Citizen) -> str:
@@ -91,11 +92,11 @@ def citizen_pages_router() -> APIRouter:
 
     @router.get("/static/consent.css")
     def css() -> Response:
-        return Response(
-            stylesheet(),
-            media_type="text/css",
-            headers={"Cache-Control": "max-age=3600", "X-Content-Type-Options": "nosniff"},
-        )
+        return Response(static_file("consent.css"), media_type="text/css", headers=STATIC_HEADERS)
+
+    @router.get("/static/consent.js")
+    def script() -> Response:
+        return Response(static_file("consent.js"), media_type="text/javascript", headers=STATIC_HEADERS)
 
     @router.get("")
     def choices(request: Request, db: Session = Depends(db_session)) -> Response:
