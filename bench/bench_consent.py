@@ -113,13 +113,19 @@ def fast_event_hash(row: dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def seed(engine: Engine, count: int, key: str) -> tuple[str, list[str], float]:
-    """The agreement and ``count`` citizens with a record each; returns (agreement id, subject hashes, seconds)."""
+def seed(
+    engine: Engine, count: int, key: str, *, controller: str = CONTROLLER, recipient: str = RECIPIENT
+) -> tuple[str, list[str], float]:
+    """The agreement and ``count`` citizens with a record each; returns (agreement id, subject hashes, seconds).
+
+    Citizen ``i`` holds card ``card-{i:08d}``; even citizens gave consent, odd ones refused.
+    """
     started = time.perf_counter()
+    terms = {**TERMS, "recipients": [{"did": recipient, "name": "City"}]}
     with Session(engine) as session:
-        session.add(Organisation(did=CONTROLLER, name="Transit", pseudonym_key=key, registered_at=0))
+        session.add(Organisation(did=controller, name="Transit", pseudonym_key=key, registered_at=0))
         session.commit()
-        revision = register_agreement(session, CONTROLLER, AgreementTerms.model_validate(TERMS))
+        revision = register_agreement(session, controller, AgreementTerms.model_validate(terms))
         agreement_id, agreement_hash = revision.agreement_id, revision.content_hash
     with Session(engine) as session:
         head = session.get(FeedHead, HEAD_ID)
@@ -138,17 +144,17 @@ def seed(engine: Engine, count: int, key: str) -> tuple[str, list[str], float]:
                 seq += 1
                 citizens.append({"id": citizen, "created_at": now})
                 identifiers.append(
-                    {"controller_did": CONTROLLER, "subject_hash": pseudonym, "citizen_id": citizen,
+                    {"controller_did": controller, "subject_hash": pseudonym, "citizen_id": citizen,
                      "label": "card_id", "hint": f"{i % 10_000:04d}", "registered_at": now}
                 )  # fmt: skip
                 records.append(
                     {"id": record, "citizen_id": citizen, "agreement_id": agreement_id,
-                     "recipient_did": RECIPIENT, "created_at": now, "state": state, "agreement_version": 1,
+                     "recipient_did": recipient, "created_at": now, "state": state, "agreement_version": 1,
                      "state_at": now, "expires_at": None, "last_seq": seq}
                 )  # fmt: skip
                 row: dict[str, Any] = {
                     "seq": seq, "record_id": record, "citizen_id": citizen, "agreement_id": agreement_id,
-                    "agreement_version": 1, "agreement_hash": agreement_hash, "recipient_did": RECIPIENT,
+                    "agreement_version": 1, "agreement_hash": agreement_hash, "recipient_did": recipient,
                     "state": state, "at": now, "actor": f"citizen:{citizen}", "method": "bench-seed",
                     "expires_at": None, "prev_hash": previous, "hash": "", "receipt": None,
                 }  # fmt: skip
