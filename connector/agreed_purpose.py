@@ -13,15 +13,11 @@ inside a logical constraint (``or``, ``xone``) does not count as binding.
 
 from __future__ import annotations
 
-from pyld import jsonld
-
-from catalog.jsonld import DSPACE_CONTEXT_URL, jsonld_options
+from contracts.agreed_terms import agreed_policy
 from contracts.agreements import AgreementRecord
-from policies.odrl import Atomic, PolicyError, Rule, parse_policy
+from policies.odrl import Atomic, PolicyError, Rule
 
 BINDING_OPERATORS = frozenset({"eq", "isAnyOf", "isA", "isPartOf"})
-# The DSP context scopes ODRL terms to message types; an agreement read on its own needs the profile.
-ODRL_PROFILE_URL = "https://w3id.org/dspace/2025/1/odrl-profile.jsonld"
 
 
 class PurposeNotBound(Exception):
@@ -44,16 +40,9 @@ def _rule_purposes(rule: Rule) -> frozenset[str] | None:
 
 def agreed_purposes(agreement: AgreementRecord) -> frozenset[str] | None:
     """Every purpose the agreement's permissions admit; None when one of them admits any purpose."""
-    terms = {k: v for k, v in agreement.agreement.items() if k in ("permission", "prohibition", "obligation")}
-    node = {
-        "@context": [DSPACE_CONTEXT_URL, ODRL_PROFILE_URL],
-        "@type": "Agreement",
-        "@id": agreement.id,
-        **terms,
-    }
     try:
-        policy = parse_policy(jsonld.expand(node, jsonld_options())[0], require_set=False)
-    except (jsonld.JsonLdError, PolicyError, IndexError) as exc:
+        policy = agreed_policy(agreement)
+    except PolicyError as exc:
         raise PurposeNotBound(f"the agreed terms cannot be read ({exc})") from None
     purposes: set[str] = set()
     for rule in policy.permissions:

@@ -66,3 +66,46 @@ def test_a_declared_purpose_the_agreement_does_not_bind_or_none_is_refused() -> 
         consent_purpose(terms, "marketing")
     with pytest.raises(PurposeNotBound, match="declared no purpose"):
         consent_purpose(terms, None)
+
+
+# ---------------------------------------------------------------- usage control on the agreed terms
+
+
+def test_usage_control_decides_the_agreements_own_terms() -> None:
+    """When the provider has changed the policy since, the signed terms are decided: rules are read,
+    not dropped (an agreement read with the DSP context alone loses them and denies everything)."""
+    from datetime import UTC, datetime
+
+    from connector.usage import decide_agreed_terms
+    from policies.decision import RequestContext
+
+    terms = agreement(
+        {
+            "action": "use",
+            "constraint": [
+                purpose("eq", "traffic-planning"),
+                {"leftOperand": "count", "operator": "lteq", "rightOperand": 2},
+            ],
+        }
+    )
+    now = datetime(2026, 11, 21, tzinfo=UTC)
+
+    def use(declared: str | None, count: int) -> bool:
+        context = RequestContext(
+            participant_id="did:web:city.example",
+            purpose=declared,
+            now=now,
+            access_count=count,
+            agreed_at=now,
+        )
+        return decide_agreed_terms(terms, context).allowed
+
+    assert use("traffic-planning", 1)
+    assert use("traffic-planning", 2)
+    assert not use("traffic-planning", 3)
+    assert not use("marketing", 1)
+    assert not use(None, 1)
+    broken = AgreementRecord(**{**terms.__dict__, "agreement": {"permission": [{"action": {"@list": 5}}]}})
+    refused = decide_agreed_terms(broken, RequestContext(participant_id="x", purpose="traffic-planning"))
+    assert not refused.allowed
+    assert "cannot be evaluated" in refused.explanation
