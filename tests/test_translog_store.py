@@ -128,6 +128,34 @@ def test_appends_from_several_processes_serialise(database_url: str) -> None:
         engine.dispose()
 
 
+def test_rolled_back_appends_and_other_writers_leave_a_correct_tree(database_url: str) -> None:
+    """Each engine remembers the head it last wrote: rolled-back appends and appends through
+    another engine (as another process would make) make that memory stale, and nothing breaks."""
+    first, second = migrated_engine(database_url), migrated_engine(database_url)
+    try:
+        append_refusals(first, 3)
+        with first.connect() as conn:  # the caller's transaction fails and rolls back
+            transaction = conn.begin()
+            assert store.append_entry(conn, REFUSAL, refusal(100)).index == 3
+            transaction.rollback()
+        append_refusals(second, 1, start=3)  # the size the rolled-back append reached, another entry
+        with first.begin() as conn:
+            assert store.append_entry(conn, REFUSAL, refusal(4)).index == 4
+        append_refusals(second, 4, batch=2, start=5)
+        append_refusals(first, 3, start=9)
+        tree = _recomputed(first)
+        assert tree.size == 12
+        with first.connect() as conn:
+            assert store.tree_head(conn) == (12, tree.root())
+            for n in (4, 5, 9, 12):
+                assert store.root_at(conn, n) == tree.root(n)
+            reasons = [json.loads(e.entry)["reason"] for e in store.read_entries(conn, 0, 12)]
+        assert reasons == [f"refusal number {n}" for n in range(12)]
+    finally:
+        first.dispose()
+        second.dispose()
+
+
 def test_entries_are_written_in_rfc8785_form() -> None:
     import rfc8785
 

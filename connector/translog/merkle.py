@@ -114,7 +114,8 @@ class NodeReader(Protocol):
     def node_hashes(self, coords: Iterable[Coord]) -> dict[Coord, bytes]: ...
 
 
-def _range_roots(reader: NodeReader, ranges: Sequence[Range]) -> list[bytes]:
+def range_roots(reader: NodeReader, ranges: Sequence[Range]) -> list[bytes]:
+    """The root of each leaf range, from the complete subtrees ``reader`` holds (one read for all)."""
     per_range = [subtrees_of(start, end) for start, end in ranges]
     found = reader.node_hashes({c for coords in per_range for c in coords})
     try:
@@ -127,15 +128,15 @@ def root(reader: NodeReader, size: int) -> bytes:
     """The root of the first ``size`` leaves (EMPTY_ROOT for size 0)."""
     if size == 0:
         return EMPTY_ROOT
-    return _range_roots(reader, [(0, size)])[0]
+    return range_roots(reader, [(0, size)])[0]
 
 
 def inclusion_proof(reader: NodeReader, index: int, size: int) -> list[bytes]:
-    return _range_roots(reader, inclusion_ranges(index, size))
+    return range_roots(reader, inclusion_ranges(index, size))
 
 
 def consistency_proof(reader: NodeReader, size1: int, size2: int) -> list[bytes]:
-    return _range_roots(reader, consistency_ranges(size1, size2))
+    return range_roots(reader, consistency_ranges(size1, size2))
 
 
 class MemoryTree:
@@ -298,7 +299,7 @@ def range_proof_ranges(start: int, end: int, size: int) -> list[Range]:
 
 
 def range_proof(reader: NodeReader, start: int, end: int, size: int) -> list[bytes]:
-    return _range_roots(reader, range_proof_ranges(start, end, size))
+    return range_roots(reader, range_proof_ranges(start, end, size))
 
 
 def root_from_range(
