@@ -5,9 +5,9 @@ at once. This one measures what a user gets: three real processes (``tessera ser
 — the consent service, transit (the provider, configured with the consent service) and city
 (the consumer) — and a pull through transit's public data endpoint with the token of city's
 EDR: token check, usage control, framing, the personal-data gate asking the consent service
-over HTTP (keyed subject hashes, one decision request per batch of 1,000 records, answers
-reused within the release for at most a second), re-joining, and the transfer summary sent
-afterwards.
+over HTTP (keyed subject hashes, one decision request per batch of 10,000 records, the next
+batch's question sent while one's answer is awaited, answers reused within the release for at
+most a second), re-joining, and the transfer summary sent afterwards.
 
 The consent service holds 50,000 citizens, each with a registered card and one consent
 record (even ones gave consent, odd ones refused; bulk-seeded as ``bench_consent`` does).

@@ -279,31 +279,43 @@ class ReleaseGate:
         if not self._purpose_checked:
             await run_in_threadpool(self._gate.check_purpose, context)
             self._purpose_checked = True
+        # Decisions of one release may be under way at once (the data plane pipelines its batches):
+        # each call judges the reused answers by the change-feed generation it started with.
         self._forget_if_changed()
+        generation = self._seen
         now = time.monotonic()
         oldest = now - self._gate.memo_seconds
         memo = self._memo
         if len(memo) > MEMO_PRUNE_AT:
             self._memo = memo = {s: a for s, a in memo.items() if a.asked_at > oldest}
+        ask: list[str] = []
+        reused: list[str] = []
+        released: list[str] = []  # of the reused
+        ids: set[str] = set()
         if memo:
             get = memo.get
-            ask = [s for s in subjects if (known := get(s)) is None or known.asked_at <= oldest]
+            for subject in subjects:
+                known = get(subject)
+                if known is None or known.asked_at <= oldest:
+                    ask.append(subject)
+                else:
+                    reused.append(subject)
+                    ids.add(known.decision_id)
+                    if subject in known.allowed:
+                        released.append(subject)
         else:
             ask = list(subjects)
-        if len(ask) == len(subjects):  # nothing reused: the fresh answer is the decision
-            answer = await self._ask(ask, context, now)
-            if not self._forget_if_changed(keep=ask):
-                return self._decision(answer.allowed, [answer.decision_id], len(subjects))
-        elif ask:
-            await self._ask(ask, context, now)
-            if self._forget_if_changed(keep=ask):  # a change arrived meanwhile: re-ask the older answers
-                again = [s for s in subjects if s not in self._memo]
-                if again:
-                    await self._ask(again, context, time.monotonic())
-        memo = self._memo
-        answers = [memo[s] for s in subjects]
-        released = frozenset(s for s, a in zip(subjects, answers, strict=True) if s in a.allowed)
-        return self._decision(released, sorted({a.decision_id for a in answers}), len(subjects))
+        if not ask:
+            return self._decision(frozenset(released), sorted(ids), len(subjects))
+        answer = await self._ask(ask, context, now)
+        self._forget_if_changed(keep=ask)
+        if not reused:  # nothing reused: the fresh answer is the decision
+            return self._decision(answer.allowed, [answer.decision_id], len(subjects))
+        ids.add(answer.decision_id)
+        if self._gate.generation != generation:  # a change arrived meanwhile: re-ask the reused answers
+            again = await self._ask(reused, context, time.monotonic())
+            released, ids = list(again.allowed), {answer.decision_id, again.decision_id}
+        return self._decision(answer.allowed.union(released), sorted(ids), len(subjects))
 
     @staticmethod
     def _decision(released: frozenset[str], ids: Sequence[str], asked: int) -> GateDecision:

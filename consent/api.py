@@ -9,9 +9,9 @@ decision or report is about the authenticated peer's own DID.
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Annotated, Any
 
+import orjson
 from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
@@ -193,7 +193,7 @@ def connector_router(index: DecisionIndex, limiter: RateLimiter) -> APIRouter:
             "allowed": decision.allowed,
             "withheld": len(body.subjects) - len(decision.allowed),
         }
-        return Response(json.dumps(answer, separators=(",", ":")), media_type="application/json")
+        return Response(orjson.dumps(answer), media_type="application/json")
 
     @api.get("/changes")
     def changes(

@@ -88,6 +88,27 @@ def test_only_subjects_with_valid_consent_are_released(space: ConsentSpace) -> N
         assert space.received(citizens[other]) == []
 
 
+def test_a_pull_of_many_pipelined_batches_releases_exactly_the_consenting_records_in_order(
+    space: ConsentSpace,
+) -> None:
+    """35,000 records: four decision batches, two in flight at once, answers reused between them."""
+    cards = _cards(space, "many", "alice", "bob", "carol")
+    space.switch(space.citizens["many-alice"], "give")
+    space.switch(space.citizens["many-bob"], "refuse")
+    space.switch(space.citizens["many-carol"], "give")
+    riders = [cards["alice"], cards["bob"], cards["carol"], *(f"many-card-unknown-{i}" for i in range(500))]
+    records = [{"card_id": riders[n % 7 if n % 3 else n % len(riders)], "n": n} for n in range(35_000)]
+    space.publish_trips("trips-many", records)
+    consumer_id, provider_id = _started_pull(space, "trips-many")
+
+    released = space.pull(consumer_id)
+
+    assert released == [r for r in records if r["card_id"] in (cards["alice"], cards["carol"])]
+    withheld = len(records) - len(released)
+    row = wait_until(lambda: (r := space.pair.provider_row(provider_id))["error_detail"] and r)
+    assert row["error_detail"].startswith(f"{withheld} personal record(s) withheld")
+
+
 def test_a_withdrawal_applies_to_the_very_next_release(space: ConsentSpace) -> None:
     cards = _cards(space, "next", "alice", "carol")
     space.switch(space.citizens["next-alice"], "give")

@@ -272,3 +272,113 @@ def test_records_split_across_chunks_at_any_point_come_out_whole() -> None:
     assert asyncio.run(collect(stream.filter(from_parts(parts)))) == b'{"card_id":"a"}\n{"card_id":"b"}\n'
     out, _ = run_filter(AlwaysYesGate(), b"", chunk=1)
     assert out == b""
+
+
+class SteeredGate:
+    """Admits alice; each call waits for its own go-ahead (or fails when told), and records overlap."""
+
+    def __init__(self, fail_call: int | None = None) -> None:
+        self.fail_call = fail_call
+        self.started: list[int] = []
+        self.answered: list[int] = []
+        self.go: dict[int, asyncio.Event] = {}
+        self.done: dict[int, asyncio.Event] = {}
+        self.most_at_once = 0
+
+    async def decide(self, subjects: Any, context: Any) -> GateDecision:
+        call = len(self.started) + 1
+        self.started.append(call)
+        self.most_at_once = max(self.most_at_once, len(self.started) - len(self.answered))
+        go = self.go.setdefault(call, asyncio.Event())
+        try:
+            if call == self.fail_call:
+                raise ConnectionError("the consent service went away")
+            await go.wait()
+            return GateDecision(frozenset(subjects) & {"card-alice"}, f"d{call}")
+        finally:
+            self.answered.append(call)
+            self.done.setdefault(call, asyncio.Event()).set()
+
+    async def release(self, call: int) -> None:
+        self.go.setdefault(call, asyncio.Event()).set()
+
+    async def answered_call(self, call: int) -> None:
+        await self.done.setdefault(call, asyncio.Event()).wait()
+
+
+def test_pipelined_batches_are_asked_ahead_and_emitted_in_order() -> None:
+    """Batch 2 is asked before batch 1 is answered; answers arriving out of order still come out in order."""
+    gate = SteeredGate()
+    rows = [{"card_id": "card-alice", "n": n} for n in range(12)]
+    stream = GatedStream(gate, CONTEXT, media_type=NDJSON, subject_field="card_id", batch_size=3)
+
+    received: list[bytes] = []
+
+    async def run() -> None:
+        async def answer() -> None:
+            await gate.release(2)  # the second batch's answer comes first…
+            await gate.answered_call(2)
+            await asyncio.sleep(0.05)
+            assert gate.answered == [2]
+            assert received == []  # …and nothing of it went out before batch 1's
+            for call in (1, 3, 4):
+                await gate.release(call)
+
+        async def consume() -> None:
+            async for chunk in stream.filter(chunked(ndjson(rows), 5)):
+                received.append(chunk)
+
+        steering = asyncio.ensure_future(answer())
+        await asyncio.wait_for(consume(), 30)
+        await steering
+
+    asyncio.run(run())
+    assert b"".join(received) == ndjson(rows)
+    assert gate.started == [1, 2, 3, 4]
+    assert gate.most_at_once == 2  # bounded: at most two batches held and asked at once
+    assert stream.counters.decisions == {"d1": 3, "d2": 3, "d3": 3, "d4": 3}
+
+
+def test_a_pipelined_failure_stops_before_its_batch_while_the_one_before_is_awaited() -> None:
+    """Batch 2 fails while batch 1 is still awaited: batch 1 goes out whole, nothing of batch 2 or later."""
+    gate = SteeredGate(fail_call=2)
+    rows = [{"card_id": "card-alice", "n": n} for n in range(9)]
+    stream = GatedStream(gate, CONTEXT, media_type=NDJSON, subject_field="card_id", batch_size=3)
+    received: list[bytes] = []
+
+    async def run() -> None:
+        async def answer_first_after_second_failed() -> None:
+            await gate.answered_call(2)
+            await gate.release(1)
+
+        async def consume() -> None:
+            async for chunk in stream.filter(chunked(ndjson(rows), 4)):
+                received.append(chunk)
+
+        steering = asyncio.ensure_future(answer_first_after_second_failed())
+        try:
+            await asyncio.wait_for(consume(), 30)
+        finally:
+            steering.cancel()
+
+    with pytest.raises(GateUnavailable, match="ConnectionError"):
+        asyncio.run(run())
+    assert b"".join(received) == ndjson(rows[:3])
+    assert gate.started == [1, 2]  # batch 3 was never asked about
+    assert stream.counters.released == 3
+
+
+def test_a_record_that_is_not_utf8_or_names_its_subject_twice_is_judged_like_json_does() -> None:
+    """Bytes that are not UTF-8 anywhere in a record make it no JSON (withheld); a repeated key: the last."""
+    data = (
+        b'{"card_id": "card-alice", "note": "caf\xe9"}\n'  # Latin-1, not UTF-8, in a field never read
+        b'{"card_id": "card-alice", "note": "caf\xc3\xa9"}\n'  # UTF-8: fine
+        b'{"card_id": "card-alice", "card_id": "card-bob"}\n'  # the last one counts (as json and orjson)
+        b'{"card_id": "card-bob", "card\\u005fid": "card-alice"}\n'  # an escaped key is the same key
+    )
+    out, stream = run_filter(ListGate({"card-alice"}), data)
+    assert (
+        out
+        == b'{"card_id": "card-alice", "note": "caf\xc3\xa9"}\n{"card_id": "card-bob", "card\\u005fid": "card-alice"}\n'
+    )
+    assert (stream.counters.released, stream.counters.withheld, stream.counters.without_subject) == (2, 2, 1)

@@ -9,13 +9,19 @@ is whole records that the gate admitted, nothing after. Subject ids are never lo
 
 For a live source, ``flush_after`` bounds how long a record waits for its batch to fill:
 the batch is decided when it is full or that many seconds after its first record arrived.
+
+Pipelining (sources read to their end, not live ones): while one batch's decision is awaited,
+the next batch is framed and its question sent, so the provider's framing and the gate's
+answer overlap. At most ``PIPELINE_DEPTH`` batches are in flight; their records are emitted
+strictly in order, each batch only after its own answer, so a failure of batch N+1 stops the
+stream after batch N's records and before any of its own or later ones.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass, field
 
@@ -24,6 +30,7 @@ from connector.dataplane.records import MAX_RECORD_BYTES, RecordFormatError, Rec
 
 DEFAULT_BATCH_SIZE = 1000
 DEFAULT_DECISION_TIMEOUT = 10.0
+PIPELINE_DEPTH = 2  # batches whose decision is under way at once (memory: that many batches held)
 
 
 class GateUnavailable(GateFailure):
@@ -56,6 +63,14 @@ class GateCounters:
             "decisions": dict(self.decisions),
             "reasons": dict(self.reasons),
         }
+
+
+@dataclass
+class _Batch:
+    raws: list[bytes]
+    subjects: list[str | None]
+    asked: set[str]  # its distinct subjects
+    question: asyncio.Future[GateDecision] | None  # the gate's answer under way (None: nothing to ask)
 
 
 class GatedStream:
@@ -91,6 +106,9 @@ class GatedStream:
         self.released_by_subject: Counter[str] = Counter()
         self._raws: list[bytes] = []
         self._subjects: list[str | None] = []
+        # batches asked about and not yet emitted, oldest first (their records, subjects, question)
+        self._in_flight: deque[_Batch] = deque()
+        self._depth = PIPELINE_DEPTH if flush_after is None else 1  # a live batch goes out as decided
         self._wrote_header = False
         self._wrote_record = False
 
@@ -115,11 +133,18 @@ class GatedStream:
             else:
                 async for out in self._filter_timed(chunks, self._flush_after):
                     yield out
+        except BaseException:
+            await self._cancel_in_flight()
+            raise
         finally:
             close = getattr(chunks, "aclose", None)
             if close is not None:
                 await close()
-        for out in await self._take(self._finish(), final=True):
+        try:
+            outputs = await self._take(self._finish(), final=True)
+        finally:
+            await self._cancel_in_flight()
+        for out in outputs:
             yield out
         trailer = self._header() + self._framer.trailer
         if trailer:
@@ -181,33 +206,67 @@ class GatedStream:
         return self._framer.header
 
     async def _take(self, records: tuple[list[bytes], list[str | None]], *, final: bool) -> list[bytes]:
-        """Add framed records to the batch; decide every full batch (and the rest when ``final``)."""
+        """Add framed records to the batch; ask about every full batch (and the rest when ``final``),
+        and emit the oldest batches once more than the pipeline's depth are in flight (all when
+        ``final``)."""
         raws, subjects = records
         self._raws.extend(raws)
         self._subjects.extend(subjects)
         outputs: list[bytes] = []
         size = self._batch_size
+        in_flight = self._in_flight
         while len(self._raws) >= size or (final and self._raws):
             batch_raws, self._raws = self._raws[:size], self._raws[size:]
             batch_subjects, self._subjects = self._subjects[:size], self._subjects[size:]
-            kept = await self._decide(batch_raws, batch_subjects)
-            if kept:
-                out = self._header() + self._framer.join(kept, first=not self._wrote_record)
-                self._wrote_record = True
-                outputs.append(out)
+            in_flight.append(self._send(batch_raws, batch_subjects))
+            while len(in_flight) >= self._depth:
+                self._emit(await self._settle(in_flight[0]), outputs)
+                in_flight.popleft()
+        while final and in_flight:
+            self._emit(await self._settle(in_flight[0]), outputs)
+            in_flight.popleft()
         return outputs
 
-    async def _decide(self, raws: list[bytes], subjects: list[str | None]) -> list[bytes]:
+    def _emit(self, kept: list[bytes], outputs: list[bytes]) -> None:
+        if kept:
+            outputs.append(self._header() + self._framer.join(kept, first=not self._wrote_record))
+            self._wrote_record = True
+
+    def _send(self, raws: list[bytes], subjects: list[str | None]) -> _Batch:
+        """Start asking about a batch's distinct subjects (nothing to ask when none has a subject)."""
+        asked = set(subjects)
+        asked.discard(None)
+        question = asyncio.ensure_future(self._ask(asked)) if asked else None  # type: ignore[arg-type]
+        return _Batch(raws, subjects, asked, question)  # type: ignore[arg-type]  # None was discarded
+
+    async def _settle(self, batch: _Batch) -> list[bytes]:
+        """The batch's records its answer admits (raises its GateFailure); counted in order."""
+        decision = await batch.question if batch.question is not None else None
+        return self._decide(batch.raws, batch.subjects, batch.asked, decision)
+
+    async def _cancel_in_flight(self) -> None:
+        """Drop the questions still under way (a failure or a consumer gone): nothing more is emitted."""
+        in_flight, self._in_flight = self._in_flight, deque()
+        questions = [batch.question for batch in in_flight if batch.question is not None]
+        if not questions:
+            return
+        for question in questions:
+            question.cancel()
+        await asyncio.wait(questions)  # (our own cancellation still propagates)
+        for question in questions:
+            if not question.cancelled():
+                question.exception()  # retrieved: a failure of a batch never emitted is not logged as lost
+
+    def _decide(
+        self, raws: list[bytes], subjects: list[str | None], asked: set[str], decision: GateDecision | None
+    ) -> list[bytes]:
         counters = self.counters
         missing = subjects.count(None)
         if missing:
             counters.without_subject += missing
             counters.withheld += missing
-        asked = set(subjects)
-        asked.discard(None)
-        if not asked:
+        if decision is None:
             return []
-        decision = await self._ask(asked)  # type: ignore[arg-type]  # None was discarded
         released = decision.released
         if not missing and len(released) == len(asked):
             kept = raws  # every subject admitted
@@ -216,7 +275,7 @@ class GatedStream:
         if kept is raws:
             self.released_by_subject.update(subjects)  # type: ignore[arg-type]  # no None: none missing
         else:
-            self.released_by_subject.update(s for s in subjects if s in released)
+            self.released_by_subject.update(filter(released.__contains__, subjects))  # type: ignore[arg-type]  # released holds no None
         decided = len(subjects) - missing
         withheld = decided - len(kept)
         counters.released += len(kept)
