@@ -29,6 +29,7 @@ from sqlmodel import Session
 from catalog.assets import now_millis
 from catalog.queryspec import table_of
 from connector import transfer_evidence as evidence
+from connector.dataplane.sink import read_sink
 from connector.transfer_models import TransferRow
 from connector.translog import entries as e
 from connector.translog.receipts import TRANSFER_RECEIPT, check_facts, sign_facts, verify_facts
@@ -113,10 +114,30 @@ def countersign(session: Session, core: ServiceCore, peer: Peer, body: Any) -> s
             "receipt.mismatch", "the facts do not match our transfer (pids, agreement or dataset)"
         )
     _verify_party(session, peer.did, facts, body["signature"])
+    _check_own_sink(core, row, facts)
     _log_receipt(session, row, facts, peer.did, body["signature"])
     ours = sign_facts(facts, core.key, core.settings.did)
     session.commit()
     return ours
+
+
+def _check_own_sink(core: ServiceCore, row: TransferRow, facts: dict[str, Any]) -> None:
+    """A push into our own sink: what arrived must be what the provider states it sent."""
+    if facts["statement"] != "completed" or not row.data_destination:
+        return
+    endpoint = json.loads(row.data_destination).get("endpoint")
+    prefix = f"{core.settings.public_url.rstrip('/')}/sink/"
+    if not isinstance(endpoint, str) or not endpoint.startswith(prefix):
+        return  # pushed elsewhere: only the provider's word
+    record = read_sink(core.settings.data_dir, endpoint.removeprefix(prefix))
+    if record is None or record.received_sha256 is None:
+        return
+    if (record.received_bytes, record.received_sha256) != (facts["bytes"], facts["payloadSha256"]):
+        raise ReceiptRefused(
+            "receipt.mismatch",
+            f"our sink received {record.received_bytes} bytes with SHA-256 {record.received_sha256}, "
+            f"not the {facts['bytes']} bytes with SHA-256 {facts['payloadSha256']} you state",
+        )
 
 
 def receipts_router() -> APIRouter:

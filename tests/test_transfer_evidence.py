@@ -141,6 +141,20 @@ def test_a_push_is_logged_with_the_hash_of_the_whole_stream(pair: TransferPair) 
     facts = _both_signed(pair, consumer_id, provider_id, "completed")
     assert facts["payloadSha256"] == SHA
 
+    # Transit checks a statement about a push into its own sink against what arrived there.
+    city_key = load_private_key(pair.city.data_dir / "keys" / "private-key.pem")
+    other = {**facts, "payloadSha256": "0" * 64}
+    answer = httpx.post(
+        f"{pair.transit.base_url}/log/receipts",
+        json={"facts": other, "signature": sign_facts(other, city_key, pair.city.did)},
+        headers=peer_headers(pair.city.did, city_key, pair.transit.did),
+        timeout=30,
+    )
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["error"] == "receipt.mismatch"
+    assert SHA in answer.json()["message"]
+    logged(pair.tapi, "refusal", code="receipt.mismatch", counterParty=pair.city.did)
+
 
 def test_refused_requests_are_logged_with_their_reason(pair: TransferPair) -> None:
     contract = policy_body("contract-evidence-research", [rule(constraint("purpose", "eq", "research"))])
