@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -210,3 +211,25 @@ def test_a_forged_or_tampered_statement_is_refused_and_logged(pair: TransferPair
         and e["statement"] == "completed"
     ]
     assert receipts == []  # nothing forged reached the log as a receipt
+
+
+def test_a_personal_pull_logs_the_gates_decisions_as_counts_only(pair: TransferPair) -> None:
+    trips = b"card_id,stop,at\nC1,S1,08:00\nC2,S2,08:05\n"
+    personal = {
+        "tessera:personal": True,
+        "tessera:subjectField": "card_id",
+        "tessera:consentPurpose": "research",
+    }
+    pair.publish_file("evidence-trips", trips, properties=personal)
+    _, consumer_id, provider_id = pair.pull_started("evidence-trips")
+    endpoint, token, _ = pair.edr(consumer_id)
+    served = httpx.get(endpoint, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+    assert served.status_code == 200
+    acted(pair.tapi, consumer_id, "complete")
+    pair.both(consumer_id, provider_id, "COMPLETED")
+    done = logged(pair.capi, "transfer.completed", transferId=provider_id)
+    # No consent service: the closed gate withheld both records, and the log says so in counts.
+    assert done["consent"] == {"decisionIds": ["closed-gate"], "released": 0, "withheld": 2}
+    assert done["records"] == 0
+    assert done["payloadSha256"] == hashlib.sha256(served.content).hexdigest()
+    assert not any(b"C1" in json.dumps(e).encode() for e in entries(pair.capi))
