@@ -9,6 +9,8 @@ from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
+from connector.auditor.routes import audit_router
+from connector.consent_gate import consent_gate_for
 from connector.dataplane.public_routes import public_router
 from connector.dataplane.sink import clean_partial_uploads, sink_router
 from connector.discovery import discovery_router
@@ -48,6 +50,7 @@ def create_app(core: ServiceCore) -> FastAPI:
     worker = NegotiationWorker(core)
     pusher = Pusher(core, lambda: getattr(app.state, "personal_gate", None))
     transfer_worker = TransferWorker(core, pusher=pusher)
+    consent_gate = consent_gate_for(core)
     witness_interval = settings.log_witness_interval_seconds
     log_witness = LogWitness(
         Witness(core.engine, settings.did, core.key, core.peer_client, core.metrics.registry),
@@ -65,9 +68,11 @@ def create_app(core: ServiceCore) -> FastAPI:
             transfer_worker.run,
             edr_worker.run,
             *([crawler.run] if interval > 0 else []),
+            *([consent_gate.follow_changes] if consent_gate is not None else []),
             *([log_witness.run] if witness_interval > 0 else []),
         ],
     )
+    app.state.personal_gate = consent_gate  # None: the data plane's closed gate (nothing personal leaves)
     app.state.crawler = crawler
     app.state.negotiation_worker = worker
     app.state.transfer_worker = transfer_worker
@@ -87,6 +92,7 @@ def create_app(core: ServiceCore) -> FastAPI:
     app.include_router(policies_router())
     app.include_router(contract_definitions_router())
     app.include_router(pages_router())
+    app.include_router(audit_router())
     app.include_router(federated_catalog_router())
     app.include_router(negotiations_router())
     app.include_router(transfer_router())

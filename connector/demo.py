@@ -26,8 +26,11 @@ import httpx
 from rich.console import Console
 from sqlmodel import Session
 
-from connector import demo_negotiate, demo_transfers
+from connector import demo_consent, demo_negotiate, demo_transfers
+from connector.auditor.demo_accounts import DEMO_AUDITOR, PASSWORD_FILE, ensure_demo_auditor
 from connector.demo_seed import MEMBERSHIPS, seed, visible_datasets
+from connector.settings import ConnectorSettings
+from consent.settings import ConsentSettings
 from identity.trustlist import add_member
 from runtime.database import make_engine
 from runtime.errors import StartupError
@@ -65,7 +68,10 @@ def _ensure_participants(root: Path, base_port: int) -> list[ParticipantSettings
         if not (data_dir / CONFIG_FILE).exists():
             init_participant(data_dir, participant.name, port, kind=participant.kind)
             console.print(f"created {participant.kind} {participant.name} in {data_dir}")
-        loaded = load_settings(ParticipantSettings, data_dir)
+        kind: type[ParticipantSettings] = (
+            ConnectorSettings if participant.kind == "connector" else ConsentSettings
+        )
+        loaded = load_settings(kind, data_dir)
         if loaded.port != port:
             raise StartupError(
                 f"{data_dir} was created for port {loaded.port}, not {port}: use --base-port "
@@ -297,6 +303,8 @@ def _print_summary(all_settings: list[ParticipantSettings], root: Path) -> None:
         "",
         f"State and logs: {root}/<participant>/ (service.log, tessera.db)",
         f"Management API keys: {root}/<participant>/management-api-key (header X-Api-Key)",
+        f"Audit pages: <connector URL>/ui/audit, sign in as {DEMO_AUDITOR!r} with the password in "
+        f"{root}/<connector>/{PASSWORD_FILE}",
         f"Try: tessera dataspace ping --dir {root / 'transit'} --did '{all_settings[0].did}'",
         "Press Ctrl-C to stop everything.",
     ]
@@ -319,6 +327,7 @@ def _raise_interrupt(_signum: int, _frame: FrameType | None) -> None:
 def run_demo(root: Path, base_port: int = 8001, mqtt_broker: str | None = None) -> None:
     root = root.resolve()
     all_settings = _ensure_participants(root, base_port)
+    demo_consent.configure_connectors(all_settings)
     _fill_trust_lists(all_settings)
     _check_ports_free(all_settings)
     sensors_port = base_port + SENSORS_OFFSET
@@ -339,7 +348,13 @@ def run_demo(root: Path, base_port: int = 8001, mqtt_broker: str | None = None) 
         _wait_for_broker(broker, *processes["sensors"])
         _publish(all_settings, broker)
         _negotiate(all_settings)
+        by_name = {s.name: s for s in all_settings}
+        city_trips = demo_negotiate.negotiated_already(by_name["city"], by_name["transit"], "card-trips")
+        demo_consent.show_consent_gated_pull(all_settings, city_trips)
         live = _transfer(all_settings)
+        for settings in all_settings:
+            if settings.kind == "connector":
+                ensure_demo_auditor(settings)
         _print_audit(all_settings, root)
         _print_summary(all_settings, root)
         reported = time.monotonic()

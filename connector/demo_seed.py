@@ -150,7 +150,8 @@ def _rows(asset_id: str, rng: random.Random, start: datetime) -> list[dict[str, 
             for s in ("Central", "Harbour", "University", "Hospital") for d in range(14)
         ]  # fmt: skip
     if asset_id == "card-trips":
-        riders = ("alice", "bob", "carol")
+        # alice, bob and carol have accounts at the consent service (demo_consent); the others never signed up
+        riders = ("alice", "bob", "carol", "dan", "erin", "frank", "grace")
         return [
             {"card_id": f"card-{rider}", "from": rng.choice(("Central", "Harbour")), "to": "University",
              "departed": (start + timedelta(hours=h)).isoformat()}
@@ -209,12 +210,22 @@ def _asset(
     }
 
 
+def _purpose_policy(purpose: str) -> dict[str, Any]:
+    """Use for one purpose only: what personal data is agreed under (the consent gate requires it)."""
+    permission = {
+        "action": "use",
+        "constraint": [{"leftOperand": "purpose", "operator": "eq", "rightOperand": purpose}],
+    }
+    return {"@context": MANAGEMENT_CONTEXT, "@type": "PolicyDefinition", "@id": f"use-for-{purpose}",
+            "policy": {"@type": "Set", "permission": [permission]}}  # fmt: skip
+
+
 def _contract_definition(dataset: DemoDataset) -> dict[str, Any]:
     return {
         "@context": {"@vocab": "https://w3id.org/edc/v0.0.1/ns/"},
         "@id": f"offer-{dataset.asset_id}",
         "accessPolicyId": f"access-{dataset.asset_id}",
-        "contractPolicyId": "use-terms",
+        "contractPolicyId": f"use-for-{dataset.personal[1]}" if dataset.personal else "use-terms",
         "assetsSelector": [{"operandLeft": "id", "operator": "=", "operandRight": dataset.asset_id}],
         "negotiationApproval": "manual" if dataset.personal else "automatic",
     }
@@ -249,6 +260,8 @@ def seed(settings: ParticipantSettings, broker: str | None = None) -> list[str]:
                 "/management/v3/policydefinitions",
                 _policy(f"access-{dataset.asset_id}", dataset.admitted),
             )
+            if dataset.personal:
+                _create(client, "/management/v3/policydefinitions", _purpose_policy(dataset.personal[1]))
             asset = _asset(dataset, files.get(dataset.asset_id), settings.name, broker)
             outcome = _create(client, "/management/v3/assets", asset)
             if outcome == "kept" and dataset.live_topic:

@@ -52,7 +52,7 @@ async def refresh_edr(core: ServiceCore, transfer_id: str) -> dict[str, Any]:
     form = {"grant_type": "refresh_token", "refresh_token": refresh_token}
     try:
         response = await core.peer_client.request(
-            provider, "POST", f"{endpoint}?{httpx.QueryParams(form)}", headers={"Accept": "application/json"}
+            provider, "POST", endpoint, data=form, headers={"Accept": "application/json"}
         )
     except httpx.HTTPError as exc:
         raise TransferError(502, f"the provider could not be reached: {type(exc).__name__}") from None

@@ -10,6 +10,7 @@ from catalog.models import (
     CrawlStatusRow,
     PolicyDefinition,
 )
+from connector.auditor.models import AuditFacetRow, AuditIndexRow, AuditorRow
 from connector.edr_models import EdrNegotiationRow
 from connector.transfer_models import TransferRow
 from connector.translog.models import (
@@ -49,5 +50,8 @@ metadata = metadata_of(
         WitnessedLogRow,
         LogAlertRow,
         EdrNegotiationRow,
+        AuditorRow,
+        AuditIndexRow,
+        AuditFacetRow,
     ]
 )

@@ -21,6 +21,7 @@ from typing import Any
 from fastapi.concurrency import run_in_threadpool
 from sqlmodel import Session
 
+from connector.consent_gate import batch_size_for, open_release, report_release
 from connector.data_access import AccessDenied, Served, TransferStop, add_bytes, authorize_push
 from connector.dataplane.asset_stream import open_asset_stream
 from connector.dataplane.gate import ClosedGate, GateContext, PersonalDataGate
@@ -88,9 +89,8 @@ class Pusher:
                 return
         row, asset = access.transfer, access.asset
         config = SourceConfig.for_data_dir(core.settings.data_dir)
-        context = GateContext(
-            core.settings.did, row.counter_party_did, asset.metadata.consent_purpose or "", asset.id, row.id
-        )
+        # The declared purpose: the consent gate checks that the agreement binds it.
+        context = GateContext(core.settings.did, row.counter_party_did, row.purpose or "", asset.id, row.id)
         stop = TransferStop(core.engine, transfer_id)
         try:
             target = push_target(json.loads(row.data_destination or "{}"))
@@ -107,7 +107,10 @@ class Pusher:
         async def stream() -> AsyncIterator[bytes]:
             # Each attempt opens the asset afresh (gated when personal; a live source ends when the
             # transfer stops being STARTED).
-            opened = await open_asset_stream(asset, config, gate=gate, context=context, stop=stop)
+            release = open_release(gate)  # consent: answers reused within this attempt only
+            opened = await open_asset_stream(
+                asset, config, gate=release, context=context, stop=stop, batch_size=batch_size_for(release)
+            )
             meter = PayloadMeter(media_type)
             attempt.update(meter=meter, gated=opened.gated)
             try:
@@ -116,6 +119,8 @@ class Pusher:
                     yield chunk
             finally:
                 await opened.aclose()
+                if opened.gated is not None:
+                    report_release(opened.gated)  # the citizens' "who received my data"
 
         def served() -> Served | None:
             meter: PayloadMeter | None = attempt.get("meter")

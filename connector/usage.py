@@ -20,18 +20,17 @@ import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from pyld import jsonld
 from sqlmodel import Session
 
 from catalog.contract_definitions import get_contract_definition
-from catalog.jsonld import DSPACE_CONTEXT_URL, jsonld_options
+from contracts.agreed_terms import agreed_policy
 from contracts.agreements import AgreementRecord
 from contracts.models import NegotiationRow
 from contracts.offers import parse_offer_id, policy_fingerprint
 from identity.trustlist import get_member
 from policies.decision import Decision, RequestContext, decide, parse_time
 from policies.definitions import get_policy_definition
-from policies.odrl import PolicyError, parse_policy
+from policies.odrl import PolicyError
 from runtime.service import ServiceCore
 
 
@@ -77,14 +76,11 @@ def _agreed_policy_id(session: Session, agreement: AgreementRecord) -> str | Non
     return contract.id
 
 
-def _decide_agreed_terms(agreement: AgreementRecord, context: RequestContext) -> Decision:
+def decide_agreed_terms(agreement: AgreementRecord, context: RequestContext) -> Decision:
     """The agreement's own terms (DSP form), read as ODRL and decided directly."""
-    terms = {k: v for k, v in agreement.agreement.items() if k in ("permission", "prohibition", "obligation")}
-    node = {"@context": [DSPACE_CONTEXT_URL], "@type": "Agreement", "@id": agreement.id, **terms}
     try:
-        expanded = jsonld.expand(node, jsonld_options())
-        policy = parse_policy(expanded[0], require_set=False)
-    except (jsonld.JsonLdError, PolicyError, IndexError) as exc:
+        policy = agreed_policy(agreement)
+    except PolicyError as exc:
         return Decision(False, (f"the agreed terms cannot be evaluated ({exc}): denied",))
     return decide(policy, context)
 
@@ -94,7 +90,7 @@ def decide_use(session: Session, core: ServiceCore, use: Use, now: datetime | No
     policy_id = _agreed_policy_id(session, use.agreement)
     if policy_id is not None:
         return core.policy_engine.decide(policy_id, context)
-    return _decide_agreed_terms(use.agreement, context)
+    return decide_agreed_terms(use.agreement, context)
 
 
 def only_the_count_denies(session: Session, core: ServiceCore, use: Use, now: datetime | None = None) -> bool:

@@ -37,10 +37,18 @@ class PeerClient:
         return f"Bearer {token}"
 
     async def request(
-        self, audience: str, method: str, url: str, *, json: Any = None, headers: dict[str, str] | None = None
+        self,
+        audience: str,
+        method: str,
+        url: str,
+        *,
+        json: Any = None,
+        data: dict[str, str] | None = None,
+        headers: dict[str, str] | None = None,
     ) -> httpx.Response:
+        """``json`` or a URL-encoded form ``data`` as the body (never secrets in the URL)."""
         merged = {"Authorization": self.authorization_for(audience), **(headers or {})}
-        return await self._client.request(method, url, json=json, headers=merged)
+        return await self._client.request(method, url, json=json, data=data, headers=merged)
 
     async def get_bounded(self, audience: str, url: str, max_bytes: int) -> tuple[int, bytes]:
         """GET ``url`` as a peer; (status, body). ValueError when the body exceeds ``max_bytes``."""

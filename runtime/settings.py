@@ -7,6 +7,7 @@ which wins over the file. Errors become a ``StartupError`` naming the setting.
 
 from __future__ import annotations
 
+import os
 import re
 import tomllib
 from pathlib import Path
@@ -141,6 +142,12 @@ def _describe(error: ValidationError, config_path: Path) -> str:
         return f"setting '{field}' is missing (set it in {config_path} or TESSERA_{field.upper()})"
     reason = first["msg"].removeprefix("Value error, ")
     return f"setting '{field}' is invalid ({config_path} or TESSERA_{field.upper()}): {reason}"
+
+
+def kind_of(data_dir: Path) -> str:
+    """Which kind of participant ``data_dir`` holds ('connector' or 'consent'); TESSERA_KIND wins."""
+    kind = os.environ.get("TESSERA_KIND") or _read_toml(data_dir.resolve() / CONFIG_FILE).get("kind")
+    return kind if isinstance(kind, str) else "connector"
 
 
 def load_settings(settings_cls: type[S], data_dir: Path) -> S:

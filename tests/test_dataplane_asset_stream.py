@@ -69,7 +69,7 @@ def test_a_personal_asset_without_consent_service_releases_nothing(tmp_path: Pat
     assert body == b""
     assert stream.byte_range is None  # no ranges over gated data
     assert stream.gated.counters.released == 0
-    assert stream.gated.counters.reasons == {CLOSED_GATE_REASON: 18}
+    assert stream.gated.counters.reasons == {CLOSED_GATE_REASON: 42}  # 7 riders, 6 trips each
 
 
 def test_a_personal_asset_releases_only_admitted_subjects(tmp_path: Path) -> None:
@@ -77,7 +77,7 @@ def test_a_personal_asset_releases_only_admitted_subjects(tmp_path: Path) -> Non
     body, stream = read(asset, SourceConfig.for_data_dir(tmp_path), gate=ListGate({"card-alice"}))
     riders = {json.loads(line)["card_id"] for line in body.splitlines()}
     assert riders == {"card-alice"}
-    assert (stream.gated.counters.released, stream.gated.counters.withheld) == (6, 12)
+    assert (stream.gated.counters.released, stream.gated.counters.withheld) == (6, 36)
 
 
 def test_a_personal_asset_in_a_format_without_records_fails_closed(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.auditor_helpers import auditor_client
 from tests.conftest import CliResult
 
 NAMES = ("city", "transit", "utility", "consent")
@@ -86,6 +87,22 @@ def _read_until_ready(process: subprocess.Popen[str], timeout: float = 120) -> s
     raise AssertionError(f"demo did not become ready:\n{output}")
 
 
+def _check_passwords(consent_dir: Path, passwords: dict[str, str]) -> None:
+    """Each printed password signs its citizen in (checked against the consent service's accounts)."""
+    from sqlmodel import Session
+
+    from consent.accounts import verify_password
+    from runtime.database import make_engine
+
+    engine = make_engine(f"sqlite:///{consent_dir / 'tessera.db'}")
+    try:
+        with Session(engine) as session:
+            for name, password in passwords.items():
+                assert verify_password(session, name, password) is not None, f"{name}'s printed password"
+    finally:
+        engine.dispose()
+
+
 def _stop(process: subprocess.Popen[str]) -> None:
     """Interrupt like a user would; kill only if that fails (the children die with the demo)."""
     if process.poll() is None:
@@ -138,6 +155,14 @@ def test_demo_runs_four_participants_and_stops_cleanly(tmp_path: Path, tessera_c
         assert re.search(r"city <- transit's card-trips: FINALIZED \(transit's operator approved it by hand\); "
                          r"agreement \S+ signed by provider and consumer", output)  # fmt: skip
 
+        # Citizens: alice consents, bob does not, carol withdrew; the city's pull holds alice's trips only.
+        passwords = dict(re.findall(r"sign in at \S+ as (alice|bob|carol) / (\S+)", output))
+        assert set(passwords) == {"alice", "bob", "carol"}
+        _check_passwords(root / "consent", passwords)
+        assert "city pulled card-trips: 6 record(s) released (card-alice: 6), 36 withheld" in output
+        assert re.search(r"alice's page shows: \S+ received 6 of her records \(card-trips, for traffic-planning\)",
+                         output)  # fmt: skip
+
         _check_transfers(root, output)
         _check_audit_commands(output, tessera_cli)
 
@@ -153,6 +178,13 @@ def test_demo_runs_four_participants_and_stops_cleanly(tmp_path: Path, tessera_c
         assert ping.code == 0, ping.stderr
         ping = tessera_cli("dataspace", "ping", "--dir", str(root / "utility"), "--did", consent_did)
         assert ping.code == 0, ping.stderr
+
+        # The demo's auditor sees city's log: both agreements, each proof served for the page to check.
+        password = (root / "city" / "auditor-password").read_text().strip()
+        with auditor_client(f"http://127.0.0.1:{base}", "auditor", password) as auditor:
+            timeline = auditor.get("/ui/audit", params={"kind": "agreements"})
+        assert timeline.status_code == 200
+        assert timeline.text.count("Agreement finalized") == 2, timeline.text[-3000:]
 
         code, rest = _interrupt(process)
         assert code == 0, rest

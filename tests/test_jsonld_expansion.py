@@ -74,3 +74,22 @@ def test_import_of_an_unknown_context_is_refused_before_pyld_sees_it() -> None:
     body = {"@context": {"@import": "https://evil.example/ctx.jsonld"}, "@type": "QuerySpec"}
     with pytest.raises(JsonLdInputError, match=r"evil\.example"):
         expand_management_input(body)
+
+
+@pytest.mark.parametrize(
+    "context",
+    [
+        {"@vocab": EDC_NS},  # bare, EDC's default vocabulary
+        [EDC_MANAGEMENT_CONTEXT_URL],  # EDC's management context makes "purpose" ODRL's term
+        {"@vocab": EDC_NS, "tessera": "https://w3id.org/tessera/v1/ns/"},
+    ],
+)
+def test_a_declared_purpose_is_read_however_the_context_spells_it(context: Any) -> None:
+    from connector.management.common import declared_purpose
+
+    key = "tessera:purpose" if isinstance(context, dict) and "tessera" in context else "purpose"
+    body = {"@context": context, "@type": "TransferRequest", "contractId": "a1", key: "traffic-planning"}
+    assert declared_purpose(expand_management_input(body)) == "traffic-planning"
+    assert (
+        declared_purpose(expand_management_input({"@context": context, "@type": "TransferRequest"})) is None
+    )

@@ -23,9 +23,9 @@ from playwright.sync_api import Browser, BrowserContext, Page, expect
 from connector.app import create_app
 from connector.pages.auth import safe_next
 from connector.pages.data_address import public_data_address
-from connector.pages.ratelimit import SlidingWindowLimiter
 from connector.pages.session import SESSION_LIFETIME_SECONDS, SessionSigner
 from connector.pages.words import dsp_offer_words
+from runtime.ratelimit import SlidingWindowLimiter
 from tests.conftest import Participant
 from tests.pages_helpers import (
     SECRETS,

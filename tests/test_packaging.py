@@ -44,6 +44,11 @@ def test_wheel_contains_migrations_schemas_and_licences(tmp_path: Path) -> None:
         "connector/cli/__init__.py",
         "connector/pages/templates/base.html",
         "connector/pages/static/pages.css",
+        "connector/pages/templates/audit_timeline.html",
+        "connector/auditor/static/audit-verify.js",
+        "consent/pages/templates/choices.html",
+        "consent/pages/static/consent.css",
+        "consent/pages/static/consent.js",
         "identity/tokens.py",
         "runtime/service.py",
     ):

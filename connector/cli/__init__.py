@@ -11,7 +11,9 @@ import sys
 import typer
 
 from connector.cli.audit_commands import audit_app
+from connector.cli.auditor_commands import auditor_app
 from connector.cli.catalog_commands import assets_app, register_catalog_commands
+from connector.cli.citizen_commands import citizen_app
 from connector.cli.contracts_commands import contracts_app
 from connector.cli.dataspace import dataspace_app
 from connector.cli.fetch_command import register_fetch_command
@@ -30,11 +32,13 @@ register_participant_commands(app)
 app.add_typer(db_app, name="db")
 app.add_typer(dataspace_app, name="dataspace")
 app.add_typer(consent_app, name="consent")
+consent_app.add_typer(citizen_app, name="citizen")
 app.add_typer(assets_app, name="assets")
 register_catalog_commands(app)
 app.add_typer(contracts_app, name="contracts")
 app.add_typer(audit_app, name="audit")
 register_fetch_command(app)
+app.add_typer(auditor_app, name="auditor")
 
 
 def main(argv: list[str] | None = None) -> int:

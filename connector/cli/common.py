@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from runtime.settings import CONFIG_FILE, ParticipantSettings, load_settings
+from runtime.settings import ParticipantSettings, kind_of, load_settings
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -18,24 +17,20 @@ DirOption = Annotated[
 ]
 
 
-def _kind_in(data_dir: Path) -> str | None:
-    """The ``kind`` the configuration file names, if it can be read (load_settings reports why not)."""
-    try:
-        with (data_dir / CONFIG_FILE).open("rb") as handle:
-            kind = tomllib.load(handle).get("kind")
-    except (OSError, tomllib.TOMLDecodeError):
-        return None
-    return kind if isinstance(kind, str) else None
-
-
 def participant_settings(data_dir: Path) -> ParticipantSettings:
     """Settings of whichever kind of participant lives in ``data_dir``, read with that kind's own
-    settings class: a connector-only setting (``data_token_lifetime_seconds``) is no unknown setting."""
-    from connector.settings import ConnectorSettings
-    from consent.settings import ConsentSettings
+    settings class: a kind's own setting (``data_token_lifetime_seconds``, ``oidc_issuer``) is no
+    unknown setting."""
+    kind = kind_of(data_dir)
+    if kind == "consent":
+        from consent.settings import load_consent_settings
 
-    kinds: dict[str, type[ParticipantSettings]] = {"connector": ConnectorSettings, "consent": ConsentSettings}
-    return load_settings(kinds.get(_kind_in(data_dir) or "", ParticipantSettings), data_dir)
+        return load_consent_settings(data_dir)
+    if kind == "connector":
+        from connector.settings import ConnectorSettings
+
+        return load_settings(ConnectorSettings, data_dir)
+    return load_settings(ParticipantSettings, data_dir)
 
 
 def open_database(settings: ParticipantSettings) -> Engine:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import Counter
 from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass, field
 
@@ -86,10 +87,20 @@ class GatedStream:
         except RecordFormatError as exc:
             raise UnfilterableData(str(exc)) from None
         self.counters = GateCounters()
+        # subject → its records released (the consent report's per-subject counts; never logged)
+        self.released_by_subject: Counter[str] = Counter()
         self._raws: list[bytes] = []
         self._subjects: list[str | None] = []
         self._wrote_header = False
         self._wrote_record = False
+
+    @property
+    def gate(self) -> PersonalDataGate:
+        return self._gate
+
+    @property
+    def context(self) -> GateContext:
+        return self._context
 
     async def filter(self, chunks: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
         """The admitted records of ``chunks``, in the same format (whole records only).
@@ -202,6 +213,10 @@ class GatedStream:
             kept = raws  # every subject admitted
         else:
             kept = [raw for raw, subject in zip(raws, subjects, strict=True) if subject in released]
+        if kept is raws:
+            self.released_by_subject.update(subjects)  # type: ignore[arg-type]  # no None: none missing
+        else:
+            self.released_by_subject.update(s for s in subjects if s in released)
         decided = len(subjects) - missing
         withheld = decided - len(kept)
         counters.released += len(kept)

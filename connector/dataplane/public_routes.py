@@ -29,6 +29,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from sqlalchemy import Engine
 from sqlmodel import Session
 
+from connector.consent_gate import batch_size_for, open_release, report_release
 from connector.data_access import (
     AccessDenied,
     Served,
@@ -134,11 +135,11 @@ def public_router() -> APIRouter:
                 await worker.kick(transfer_id)
             return _refusal(exc.status, exc.reason, exc.message)
         transfer, asset = access.transfer, access.asset
-        gate = personal_gate(request)
+        gate = open_release(personal_gate(request))  # consent: answers reused within this release only
         context = GateContext(
             controller=core.settings.did,
             recipient=transfer.counter_party_did,
-            purpose=asset.metadata.consent_purpose or transfer.purpose or "",
+            purpose=transfer.purpose or "",  # the consent gate checks that the agreement binds it
             dataset_id=asset.id,
             transfer_id=transfer.id,
         )
@@ -152,6 +153,7 @@ def public_router() -> APIRouter:
                 request=consumer_request,
                 range_header=request.headers.get("range"),
                 stop=TransferStop(core.engine, transfer_id),
+                batch_size=batch_size_for(gate),
             )
         except (SourceError, RangeError) as exc:
             await run_in_threadpool(uncount, session, transfer_id)
@@ -192,6 +194,8 @@ def public_router() -> APIRouter:
             finally:
                 await stream.aclose()
                 await run_in_threadpool(counted.record, note, stream.gated)
+                if stream.gated is not None:
+                    report_release(stream.gated)  # the citizens' "who received my data" (consent service)
 
         status = 206 if stream.byte_range is not None else 200
         return StreamingResponse(body(), status_code=status, media_type=stream.media_type, headers=headers)

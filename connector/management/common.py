@@ -7,7 +7,15 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
-from catalog.jsonld import EDC_RESPONSE_CONTEXT, compact_edc, expand_management_input
+from catalog.jsonld import (
+    EDC_NS,
+    EDC_RESPONSE_CONTEXT,
+    ODRL_NS,
+    TESSERA_NS,
+    compact_edc,
+    expand_management_input,
+    first_value,
+)
 from catalog.queryspec import QuerySpec, query_spec_from_expanded
 from connector.management.errors import ManagementApiError
 from runtime.requests import read_json
@@ -49,3 +57,14 @@ def same_id(path_id: str | None, body_id: str) -> None:
         raise ManagementApiError(
             400, "InvalidRequest", f"the path names {path_id} but the body's @id is {body_id}", "@id", body_id
         )
+
+
+def declared_purpose(node: dict[str, Any]) -> Any:
+    """The purpose a request declares, however its context spelled it: bare under EDC's default
+    vocabulary, ODRL's ``purpose`` (what EDC's management context makes of a bare ``purpose``), or
+    Tessera's own term. Not validated here."""
+    for namespace in (EDC_NS, ODRL_NS, TESSERA_NS):
+        value = first_value(node, namespace + "purpose")
+        if value is not None:
+            return value
+    return None

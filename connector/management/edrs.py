@@ -23,12 +23,12 @@ from fastapi.responses import JSONResponse, Response
 from sqlmodel import Session
 from starlette.background import BackgroundTask
 
-from catalog.jsonld import EDC_NS, TESSERA_NS, first_node, first_value, values
-from catalog.vocabulary import DSP_PROTOCOL, ODRL_NS
+from catalog.jsonld import EDC_NS, first_node, first_value, values
+from catalog.vocabulary import DSP_PROTOCOL
 from connector.edr_negotiations import start_edr_negotiation
 from connector.edrs import EdrError, RefreshMode, data_address, query_entries, remove
 from connector.management.auth import require_api_key
-from connector.management.common import expanded_body, id_response, query_spec_body
+from connector.management.common import declared_purpose, expanded_body, id_response, query_spec_body
 from connector.management.errors import ManagementApiError
 
 # The ContractRequest's offer is read exactly as /contractnegotiations reads it.
@@ -47,12 +47,7 @@ def _refused(status: int, reason: str) -> ManagementApiError:
 
 
 def _string(node: dict[str, Any], name: str, *, required: bool, limit: int = 2048) -> str | None:
-    value = first_value(node, EDC_NS + name)
-    if name == "purpose" and value is None:
-        # EDC's management context makes a bare "purpose" ODRL's term; Tessera's own is accepted too.
-        value = first_value(node, ODRL_NS + name)
-        if value is None:
-            value = first_value(node, TESSERA_NS + name)
+    value = declared_purpose(node) if name == "purpose" else first_value(node, EDC_NS + name)
     if value is None and not required:
         return None
     if not isinstance(value, str) or not value.strip() or len(value) > limit:

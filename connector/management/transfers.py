@@ -22,7 +22,6 @@ from starlette.background import BackgroundTask
 from catalog.jsonld import (
     EDC_NS,
     EDC_RESPONSE_CONTEXT,
-    TESSERA_NS,
     expand_management_input,
     first_node,
     first_value,
@@ -33,7 +32,7 @@ from catalog.vocabulary import DSP_PROTOCOL
 from connector.dataplane.sink import create_sink_destination
 from connector.dsp import transfer_messages as wire
 from connector.management.auth import require_api_key
-from connector.management.common import expanded_body, id_response, query_spec_body
+from connector.management.common import declared_purpose, expanded_body, id_response, query_spec_body
 from connector.management.errors import ManagementApiError
 from connector.transfer_models import TransferRow
 from connector.transfers import (
@@ -215,10 +214,12 @@ def transfers_router() -> APIRouter:
         address = _text(node, "counterPartyAddress", required=True)
         agreement_id = _text(node, "contractId", required=True)
         transfer_type = _text(node, "transferType", required=True)
-        purpose = _text(node, "purpose") or first_value(node, TESSERA_NS + "purpose")
-        if purpose is not None and (not isinstance(purpose, str) or len(purpose) > 512):
+        purpose = declared_purpose(node)
+        if purpose is not None and (
+            not isinstance(purpose, str) or not purpose.strip() or len(purpose) > 512
+        ):
             raise ManagementApiError(
-                400, "ValidationFailure", "purpose must be a string of at most 512 characters"
+                400, "ValidationFailure", "purpose must be a non-empty string of at most 512 characters"
             )
         destination = _destination(first_node(node, EDC_NS + "dataDestination"))
         core = service_core(request)

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import secrets
-from urllib.parse import parse_qsl, quote, urlsplit
+from urllib.parse import quote, urlsplit
 
 from fastapi import HTTPException, Request, Response
-from starlette.datastructures import FormData, UploadFile
+from starlette.datastructures import FormData
 
-from connector.pages.session import SessionSigner, same_secret
+from connector.pages.session import SessionSigner
 from runtime.dependencies import service_core
-from runtime.requests import read_body
+from runtime.forms import same_secret
 
 UI_PATH = "/ui"
 LOGIN_PATH = "/ui/login"
@@ -18,7 +18,6 @@ SESSION_COOKIE = "tessera_session"
 LOGIN_CSRF_COOKIE = "tessera_login_csrf"
 CSRF_FIELD = "csrf_token"
 LOGIN_CSRF_LIFETIME_SECONDS = 60 * 60
-MAX_FORM_BYTES = 8 * 1024
 
 
 def signer_for(request: Request) -> SessionSigner | None:
@@ -93,17 +92,3 @@ def login_csrf_matches(request: Request, form: FormData) -> bool:
     cookie = request.cookies.get(LOGIN_CSRF_COOKIE, "")
     supplied = form.get(CSRF_FIELD)
     return bool(cookie) and isinstance(supplied, str) and same_secret(supplied, cookie)
-
-
-async def read_form(request: Request) -> FormData:
-    """A small URL-encoded form (at most 8 KiB); anything else reads as an empty form."""
-    body = await read_body(request, MAX_FORM_BYTES)
-    if request.headers.get("content-type", "").split(";")[0].strip() != "application/x-www-form-urlencoded":
-        return FormData()
-    try:
-        pairs: list[tuple[str, str | UploadFile]] = list(
-            parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True, max_num_fields=20)
-        )
-    except ValueError:  # more fields than any of these forms has
-        return FormData()
-    return FormData(pairs)

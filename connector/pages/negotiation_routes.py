@@ -27,7 +27,7 @@ from connector.pages.agreements_view import (
     evidence_filename,
     page_number,
 )
-from connector.pages.auth import CSRF_FIELD, LOGIN_PATH, read_form, session_token, signed_in, signer_for
+from connector.pages.auth import CSRF_FIELD, LOGIN_PATH, session_token, signed_in, signer_for
 from connector.pages.negotiations_view import (
     MAX_REASON_LENGTH,
     PAGE_ACTIONS,
@@ -46,6 +46,7 @@ from contracts.agreements import get_agreement
 from contracts.evidence import EvidenceError
 from contracts.models import NegotiationRow
 from runtime.dependencies import db_session, service_core
+from runtime.forms import read_form
 
 
 def _negotiation_page(

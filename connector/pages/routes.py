@@ -26,7 +26,6 @@ from connector.pages.auth import (
     clear_cookie,
     login_csrf,
     login_csrf_matches,
-    read_form,
     safe_next,
     session_token,
     set_cookie,
@@ -42,11 +41,12 @@ from connector.pages.marketplace_view import (
     search,
 )
 from connector.pages.negotiation_routes import negotiation_pages_router
-from connector.pages.ratelimit import SlidingWindowLimiter
 from connector.pages.render import not_found_page, page, refused_page, stylesheet
 from connector.pages.transfer_log_view import transfer_log_page_router
 from connector.pages.transfer_routes import transfer_pages_router
 from runtime.dependencies import db_session, service_core
+from runtime.forms import read_form
+from runtime.ratelimit import SlidingWindowLimiter
 
 SIGN_IN_ATTEMPTS = 10
 SIGN_IN_WINDOW_SECONDS = 60.0

@@ -15,6 +15,8 @@ import secrets
 import time
 from collections.abc import Callable
 
+from runtime.forms import same_secret
+
 SESSION_LIFETIME_SECONDS = 8 * 60 * 60
 _SESSION_PURPOSE = b"tessera operator pages: session v1"
 _CSRF_PURPOSE = b"tessera operator pages: csrf v1"
@@ -26,11 +28,6 @@ def _derive(api_key: str, purpose: bytes) -> bytes:
 
 def _mac(key: bytes, message: str) -> str:
     return hmac.new(key, message.encode(), hashlib.sha256).hexdigest()
-
-
-def same_secret(supplied: str, expected: str) -> bool:
-    """Constant-time comparison of two texts."""
-    return hmac.compare_digest(supplied.encode(), expected.encode())
 
 
 class SessionSigner:

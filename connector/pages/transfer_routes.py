@@ -20,7 +20,7 @@ from sqlmodel import Session
 from starlette.background import BackgroundTask
 
 from connector.dataplane.sink import read_sink, sink_dir
-from connector.pages.auth import CSRF_FIELD, LOGIN_PATH, read_form, session_token, signed_in, signer_for
+from connector.pages.auth import CSRF_FIELD, LOGIN_PATH, session_token, signed_in, signer_for
 from connector.pages.render import PAGE_HEADERS, not_found_page, page, refused_page
 from connector.pages.transfers_view import (
     KIND_WORDS,
@@ -39,6 +39,7 @@ from connector.pages.transfers_view import (
 from connector.transfer_models import TransferRow
 from connector.transfers import INITIAL, TransferError, get_transfer, operator_action
 from runtime.dependencies import db_session, service_core
+from runtime.forms import read_form
 
 
 def _transfer_page(

@@ -1,0 +1,1 @@
+"""The citizen self-service pages (``/citizen``): server-rendered, no JavaScript needed."""
