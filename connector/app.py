@@ -33,6 +33,7 @@ from connector.negotiation_worker import NegotiationWorker
 from connector.pages.routes import pages_router
 from connector.peers import peers_router
 from connector.transfer_push import Pusher
+from connector.transfer_receipts import receipts_router
 from connector.transfer_worker import TransferWorker
 from connector.translog.management import transfer_log_management_router
 from connector.translog.routes import install_log_error_handler, transfer_log_router
@@ -99,6 +100,7 @@ def create_app(core: ServiceCore) -> FastAPI:
     app.include_router(public_router())
     app.include_router(sink_router(settings.data_dir))
     app.include_router(transfer_log_router())
+    app.include_router(receipts_router())
     app.include_router(transfer_log_management_router())
     app.include_router(edrs_router())
     return app

@@ -23,7 +23,9 @@ from sqlmodel import Session
 
 from catalog.assets import AssetRecord, get_asset, now_millis
 from catalog.queryspec import table_of
+from connector import transfer_evidence as evidence
 from connector.dataplane import tokens
+from connector.dataplane.gated_stream import GateCounters
 from connector.dsp.transfer_messages import endpoint_properties
 from connector.transfer_models import TransferRow
 from connector.transfer_states import Message, Role, State
@@ -63,6 +65,33 @@ class Access:
     access_number: int
 
 
+def _refuse(
+    session: Session,
+    consumer: str,
+    row: TransferRow | None,
+    status: int,
+    reason: str,
+    message: str,
+    *,
+    ended: bool = False,
+    explanation: str | None = None,
+) -> AccessDenied:
+    """Log a refused access (its consumer is known: the token is ours) and commit; the error to raise."""
+    evidence.refused(
+        session,
+        counter_party=consumer,
+        role="provider",
+        reason=message,
+        code=f"access.{reason}",
+        transfer_id=row.id if row else None,
+        agreement_id=row.agreement_id if row else None,
+        dataset=row.asset_id if row else None,
+        policy_explanation=explanation,
+    )
+    session.commit()
+    return AccessDenied(status, reason, message, ended=ended)
+
+
 def check_token(core: ServiceCore, token: str, kind: str = tokens.ACCESS) -> tokens.DataToken:
     try:
         return tokens.verify(token, core.key.public_key(), core.settings.did, kind)
@@ -72,12 +101,23 @@ def check_token(core: ServiceCore, token: str, kind: str = tokens.ACCESS) -> tok
 
 def _bound_row(session: Session, claims: tokens.DataToken, transfer_id: str) -> TransferRow:
     if claims.transfer_id != transfer_id:
-        raise AccessDenied(403, "wrong_transfer", "the token was issued for another transfer")
+        raise _refuse(
+            session, claims.consumer, None, 403, "wrong_transfer", "the token was issued for another transfer"
+        )
     row = session.get(TransferRow, transfer_id)
     if row is None or row.role != Role.PROVIDER.value:
-        raise AccessDenied(403, "wrong_transfer", "the token was issued for another transfer")
+        raise _refuse(
+            session, claims.consumer, None, 403, "wrong_transfer", "the token was issued for another transfer"
+        )
     if claims.consumer != row.counter_party_did or claims.agreement_id != row.agreement_id:
-        raise AccessDenied(403, "wrong_party", "the token was not issued to this transfer's consumer")
+        raise _refuse(
+            session,
+            claims.consumer,
+            row,
+            403,
+            "wrong_party",
+            "the token was not issued to this transfer's consumer",
+        )
     return row
 
 
@@ -104,9 +144,11 @@ def authorize(session: Session, core: ServiceCore, transfer_id: str, token: str)
     assert locked is not None
     row = locked
     if claims.jti != row.token_id:
-        raise AccessDenied(401, "replaced", "the token has been replaced by a newer one (refresh) or revoked")
+        message = "the token has been replaced by a newer one (refresh) or revoked"
+        raise _refuse(session, row.counter_party_did, row, 401, "replaced", message)
     if flow_of(row) != PULL:
-        raise AccessDenied(403, "not_pull", "this is a push transfer: the provider sends the data")
+        message = "this is a push transfer: the provider sends the data"
+        raise _refuse(session, row.counter_party_did, row, 403, "not_pull", message)
     return _admit(session, core, row)
 
 
@@ -120,28 +162,30 @@ def authorize_push(session: Session, core: ServiceCore, transfer_id: str) -> Acc
 
 def _admit(session: Session, core: ServiceCore, row: TransferRow) -> Access:
     """The transfer's state and the agreed policy, for one access of the locked ``row``; counted."""
+    party = row.counter_party_did
     if row.state != State.STARTED.value:
-        raise AccessDenied(403, "state", f"the transfer is {row.state}: no data is served")
+        raise _refuse(session, party, row, 403, "state", f"the transfer is {row.state}: no data is served")
     pending = pending_of(row)
     if pending is not None and pending.message is not Message.START:
-        raise AccessDenied(
-            403, "ending", f"the transfer is being ended ({pending.message.value}): no data is served"
-        )
+        message = f"the transfer is being ended ({pending.message.value}): no data is served"
+        raise _refuse(session, party, row, 403, "ending", message)
     asset = get_asset(session, row.asset_id)
     if asset is None:
-        raise AccessDenied(403, "gone", f"dataset {row.asset_id} is no longer published")
+        raise _refuse(session, party, row, 403, "gone", f"dataset {row.asset_id} is no longer published")
     agreement = agreement_of(session, row)
     number = accesses_under(session, row.agreement_id) + 1
     use = Use(agreement, row.counter_party_did, row.purpose, number)
     decision = decide_use(session, core, use)
+    row.policy_decision = evidence.decision_json(decision.allowed, decision.explanation)
     if not decision.allowed:
         explanation = f"the agreed policy denies this access: {decision.explanation}"
         if only_the_count_denies(session, core, use):
             ended = end_by_provider(session, row, Message.COMPLETION, "usage", explanation)
         else:
             ended = end_by_provider(session, row, Message.TERMINATION, "usage", explanation)
-        session.commit()
-        raise AccessDenied(403, "policy", explanation, ended=ended)
+        raise _refuse(
+            session, party, row, 403, "policy", explanation, ended=ended, explanation=decision.explanation
+        )
     row.access_count += 1
     row.updated_at = now_millis()
     session.add(row)
@@ -159,13 +203,34 @@ def uncount(session: Session, transfer_id: str) -> None:
     session.commit()
 
 
-def add_bytes(session: Session, transfer_id: str, count: int, note: str | None = None) -> None:
+@dataclass(frozen=True)
+class Served:
+    """What one access (or one push) served: for the transfer log (``transfer_evidence``)."""
+
+    payload_sha256: str
+    records: int
+    gate: GateCounters | None = None  # the personal-data gate's counters, where it ran
+
+
+def add_bytes(
+    session: Session, transfer_id: str, count: int, note: str | None = None, served: Served | None = None
+) -> None:
     values: dict[str, object] = {
         "bytes_transferred": _T.bytes_transferred + count,
         "updated_at": now_millis(),
     }
     if note is not None:
         values["error_detail"] = note[:4000]
+    if served is not None:
+        values["payload_sha256"] = served.payload_sha256
+        values["records"] = _T.records + served.records
+        if served.gate is not None:
+            row = session.get(TransferRow, transfer_id, with_for_update=True)
+            if row is not None:
+                counters = served.gate
+                values["consent_summary"] = evidence.merge_consent(
+                    row.consent_summary, counters.decisions, counters.released, counters.withheld
+                )
     session.execute(update(_TABLE).where(_T.id == transfer_id).values(**values))
     session.commit()
 

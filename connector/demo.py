@@ -12,6 +12,7 @@ Ctrl-C stops them all; a second run reuses their directories and databases.
 from __future__ import annotations
 
 import json
+import shlex
 import signal
 import socket
 import subprocess
@@ -270,6 +271,19 @@ def _transfer(all_settings: list[ParticipantSettings]) -> demo_transfers.LiveSub
     return live
 
 
+def _print_audit(all_settings: list[ParticipantSettings], root: Path) -> None:
+    """How to export the city's signed transfer log and check it offline (receipts included)."""
+    city = next(s for s in all_settings if s.name == "city")
+    bundle = root / "city-audit.zip"
+    print(
+        "\nAudit: the city's signed transfer log (agreements, transfers, the counter-parties' receipts),\n"
+        "exported as a bundle and checked offline with nothing but public keys:\n"
+        f"  $ tessera audit export --dir {shlex.quote(str(city.data_dir))} -o {shlex.quote(str(bundle))}\n"
+        f"  $ tessera audit verify {shlex.quote(str(bundle))}",
+        flush=True,
+    )
+
+
 def _print_summary(all_settings: list[ParticipantSettings], root: Path) -> None:
     lines = ["", "Tessera demo data space is running:", ""]
     for settings in all_settings:
@@ -341,6 +355,7 @@ def run_demo(root: Path, base_port: int = 8001, mqtt_broker: str | None = None) 
         for settings in all_settings:
             if settings.kind == "connector":
                 ensure_demo_auditor(settings)
+        _print_audit(all_settings, root)
         _print_summary(all_settings, root)
         reported = time.monotonic()
         while True:

@@ -44,6 +44,15 @@ class TransferRow(SQLModel, table=True):
         default=0, sa_column=Column(BigInteger, nullable=False, server_default="0")
     )
     error_detail: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    # Evidence for the transfer log (provider): the SHA-256 of the payload last served (per
+    # access for a pull, the whole stream for a push), records served, the personal-data gate's
+    # decisions (JSON: decisionIds, released, withheld) and the last policy decision (JSON).
+    payload_sha256: str | None = Field(default=None, max_length=64)
+    records: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, server_default="0"))
+    consent_summary: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    policy_decision: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    # Provider: signed statements (JSON list) the consumer has not countersigned yet.
+    statements_outbox: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     callback_addresses: str | None = Field(default=None, sa_column=Column(Text, nullable=True))  # EDC's, JSON
     created_at: int = Field(sa_column=Column(BigInteger, nullable=False))
     updated_at: int = Field(sa_column=Column(BigInteger, nullable=False))

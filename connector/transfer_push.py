@@ -22,9 +22,11 @@ from fastapi.concurrency import run_in_threadpool
 from sqlmodel import Session
 
 from connector.consent_gate import batch_size_for, open_release, report_release
-from connector.data_access import AccessDenied, TransferStop, add_bytes, authorize_push
+from connector.data_access import AccessDenied, Served, TransferStop, add_bytes, authorize_push
 from connector.dataplane.asset_stream import open_asset_stream
 from connector.dataplane.gate import ClosedGate, GateContext, PersonalDataGate
+from connector.dataplane.gated_stream import GatedStream
+from connector.dataplane.meter import PayloadMeter
 from connector.dataplane.push import PushFailed, PushTarget, push
 from connector.dataplane.sources import SourceConfig, SourceError, open_source
 from connector.dsp.transfer_messages import endpoint_properties
@@ -65,9 +67,11 @@ class Pusher:
     def gate(self) -> PersonalDataGate:
         return self._gate_of() or ClosedGate()
 
-    def _end(self, transfer_id: str, message: Message, reason: str, sent: int) -> None:
+    def _end(
+        self, transfer_id: str, message: Message, reason: str, sent: int, served: Served | None = None
+    ) -> None:
         with Session(self._core.engine) as session:
-            add_bytes(session, transfer_id, sent)
+            add_bytes(session, transfer_id, sent, None, served)
             row = session.get(TransferRow, transfer_id, with_for_update=True)
             if row is not None:
                 end_by_provider(session, row, message, "push", reason)
@@ -97,6 +101,8 @@ class Pusher:
             await run_in_threadpool(self._end, transfer_id, Message.TERMINATION, f"push failed: {exc}", 0)
             return
         gate = self.gate
+        # The last attempt's measure of what it sent (each attempt restarts from the first byte).
+        attempt: dict[str, Any] = {}
 
         async def stream() -> AsyncIterator[bytes]:
             # Each attempt opens the asset afresh (gated when personal; a live source ends when the
@@ -105,13 +111,23 @@ class Pusher:
             opened = await open_asset_stream(
                 asset, config, gate=release, context=context, stop=stop, batch_size=batch_size_for(release)
             )
+            meter = PayloadMeter(media_type)
+            attempt.update(meter=meter, gated=opened.gated)
             try:
                 async for chunk in opened.chunks:
+                    meter.update(chunk)
                     yield chunk
             finally:
                 await opened.aclose()
                 if opened.gated is not None:
                     report_release(opened.gated)  # the citizens' "who received my data"
+
+        def served() -> Served | None:
+            meter: PayloadMeter | None = attempt.get("meter")
+            if meter is None:
+                return None
+            gated: GatedStream | None = attempt.get("gated")
+            return Served(meter.sha256, meter.records(gated), gated.counters if gated is not None else None)
 
         def stopped() -> bool:
             return stop()
@@ -121,8 +137,13 @@ class Pusher:
         except PushFailed as exc:
             log.warning("push failed", transfer=transfer_id, reason=exc.reason, attempts=exc.attempts)
             await run_in_threadpool(
-                self._end, transfer_id, Message.TERMINATION, f"push failed: {exc.reason}", exc.bytes_sent
+                self._end,
+                transfer_id,
+                Message.TERMINATION,
+                f"push failed: {exc.reason}",
+                exc.bytes_sent,
+                served(),
             )
             return
         log.info("push complete", transfer=transfer_id, bytes=result.bytes_sent, attempts=result.attempts)
-        await run_in_threadpool(self._end, transfer_id, Message.COMPLETION, "", result.bytes_sent)
+        await run_in_threadpool(self._end, transfer_id, Message.COMPLETION, "", result.bytes_sent, served())

@@ -30,6 +30,7 @@ from sqlmodel import Session
 from catalog.assets import now_millis
 from catalog.queryspec import table_of
 from connector.transfer_models import TransferRow
+from connector.transfer_receipts import send_statements
 from connector.transfer_states import Message
 from connector.transfers import Pending, delivered, end_by_provider, needs_push, undeliverable
 from runtime.logging import get_logger
@@ -118,11 +119,13 @@ class TransferWorker:
         statement = (
             select(_T.id)
             .where(
-                _T.pending_message.is_not(None),
-                _T.next_attempt_at <= now,
+                or_(
+                    _T.pending_message.is_not(None) & (_T.next_attempt_at <= now),
+                    _T.statements_outbox.is_not(None) & _T.pending_message.is_(None),
+                ),
                 or_(_T.lease_until.is_(None), _T.lease_until < now),
             )
-            .order_by(_T.next_attempt_at)
+            .order_by(_T.next_attempt_at.is_(None), _T.next_attempt_at)  # messages before statements
             .limit(BATCH)
         )
         with Session(self._core.engine) as session:
@@ -152,6 +155,8 @@ class TransferWorker:
         push = False
         try:
             push = await self._deliver_leased(transfer_id)
+            # The statements the new state queued (provider: STARTED, COMPLETED), for countersigning.
+            await send_statements(self._core, transfer_id)
         except Exception:
             log.exception("transfer delivery failed", transfer=transfer_id)
         finally:

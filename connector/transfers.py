@@ -29,6 +29,7 @@ from sqlmodel import Session
 from catalog.assets import now_millis
 from catalog.contract_definitions import get_contract_definition
 from catalog.queryspec import table_of
+from connector import transfer_evidence as evidence
 from connector.dataplane import tokens
 from connector.dsp import transfer_messages as wire
 from connector.negotiations import address_is_under, new_pid
@@ -188,6 +189,7 @@ def pending_of(row: TransferRow) -> Pending | None:
 
 def delivered(session: Session, row: TransferRow, pending: Pending, response: dict[str, Any] | None) -> None:
     """The counter-party accepted our message: now our state moves."""
+    before = row.state
     row.state = transition(_state(row), pending.message, _role(row)).value
     if pending.message is Message.REQUEST and response is not None and row.provider_pid is None:
         provider_pid = response.get("providerPid")
@@ -199,17 +201,20 @@ def delivered(session: Session, row: TransferRow, pending: Pending, response: di
     if row.error_detail and row.error_detail.startswith("retrying "):
         row.error_detail = None
     _touch(row)
+    evidence.state_changed(session, row, before)
     session.add(row)
     session.commit()
 
 
 def undeliverable(session: Session, row: TransferRow, reason: str) -> None:
     """Our message could not be delivered: the transfer ends here, saying why."""
+    before = row.state
     row.state = State.TERMINATED.value
     row.error_detail = reason[:4000]
     row.pending_message = None
     row.next_attempt_at = None
     _touch(row)
+    evidence.state_changed(session, row, before)
     session.add(row)
     session.commit()
 
@@ -251,6 +256,7 @@ def _check_use(session: Session, core: ServiceCore, row: TransferRow, record: Ag
     """Refuse (400, with the explanation) when the agreement does not admit the next access now."""
     next_access = accesses_under(session, row.agreement_id) + 1
     decision = decide_use(session, core, Use(record, row.counter_party_did, row.purpose, next_access))
+    row.policy_decision = evidence.decision_json(decision.allowed, decision.explanation)
     if not decision.allowed:
         raise TransferError(
             400, f"agreement {record.id} does not admit this transfer: {decision.explanation}", row
@@ -406,6 +412,7 @@ def receive(
         row.error_detail = f"suspended by the counter-party{said}"[:4000]
     elif kind is Message.START and row.error_detail and row.error_detail.startswith("suspended "):
         row.error_detail = None
+    before = row.state
     row.state = after.value
     pending = pending_of(row)
     if pending is not None:
@@ -415,6 +422,7 @@ def receive(
             row.pending_message = None
             row.next_attempt_at = None
     _touch(row)
+    evidence.state_changed(session, row, before)
     session.add(row)
     session.commit()
 

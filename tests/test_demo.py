@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -163,6 +164,7 @@ def test_demo_runs_four_participants_and_stops_cleanly(tmp_path: Path, tessera_c
                          output)  # fmt: skip
 
         _check_transfers(root, output)
+        _check_audit_commands(output, tessera_cli)
 
         # Everyone trusts everyone else: an authenticated call works between any two.
         for name in NAMES:
@@ -212,6 +214,24 @@ def test_demo_runs_four_participants_and_stops_cleanly(tmp_path: Path, tessera_c
             time.sleep(0.5)
     finally:
         _stop(process)
+
+
+def _check_audit_commands(output: str, tessera_cli) -> None:
+    """The demo prints how to export and verify the city's log: those commands work as printed."""
+    commands = [
+        shlex.split(m.group(1)) for m in re.finditer(r"^\s+\$ (tessera audit .+)$", output, re.MULTILINE)
+    ]
+    assert [c[:3] for c in commands] == [["tessera", "audit", "export"], ["tessera", "audit", "verify"]], (
+        output
+    )
+    exported = tessera_cli(*commands[0][1:])
+    assert exported.code == 0, exported.stderr
+    verified = tessera_cli(*commands[1][1:])
+    assert verified.code == 0, verified.stdout + verified.stderr
+    assert "VERIFIED" in verified.stdout
+    assert "agreement(s): documents match the log, signatures verify" in verified.stdout
+    # The city holds transit's receipt for the pull it served and the utility's statements of its push.
+    assert "transfer receipt(s): the counter-party's signatures verify" in verified.stdout
 
 
 def _check_transfers(root: Path, output: str) -> None:

@@ -85,8 +85,10 @@ def test_a_push_without_destination_lands_whole_in_the_consumers_sink(pair: Tran
     assert received.read_bytes() == NDJSON
     [record] = [r for r in list_sinks(pair.transit.data_dir) if r.received_path == received]
     assert record.received_sha256 == hashlib.sha256(NDJSON).hexdigest()
-    provider = query(pair.capi, consumerPid=consumer["consumerPid"])[0]
-    assert provider["state"] == "COMPLETED"
+    # The provider records COMPLETED once transit has accepted its completion message: a moment later.
+    provider = wait_state(
+        pair.capi, query(pair.capi, consumerPid=consumer["consumerPid"])[0]["@id"], "COMPLETED"
+    )
     assert provider["bytesTransferred"] == len(NDJSON)
 
     # A second push under the same agreement never overwrites the first file.

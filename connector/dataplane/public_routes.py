@@ -30,7 +30,15 @@ from sqlalchemy import Engine
 from sqlmodel import Session
 
 from connector.consent_gate import batch_size_for, open_release, report_release
-from connector.data_access import AccessDenied, TransferStop, add_bytes, authorize, refresh, uncount
+from connector.data_access import (
+    AccessDenied,
+    Served,
+    TransferStop,
+    add_bytes,
+    authorize,
+    refresh,
+    uncount,
+)
 from connector.dataplane.asset_stream import open_asset_stream
 from connector.dataplane.gate import (
     CLOSED_GATE_REASON,
@@ -39,6 +47,8 @@ from connector.dataplane.gate import (
     GateFailure,
     PersonalDataGate,
 )
+from connector.dataplane.gated_stream import GatedStream
+from connector.dataplane.meter import PayloadMeter
 from connector.dataplane.sources import (
     ConsumerRequest,
     RangeError,
@@ -80,16 +90,18 @@ def source_config(core: ServiceCore) -> SourceConfig:
 
 
 class _Counted:
-    """Counts the bytes that left, and records them (and why a stream stopped) when it ends."""
+    """Counts and hashes the bytes that left, and records them (and why a stream stopped) when it ends."""
 
-    def __init__(self, engine: Engine, transfer_id: str) -> None:
+    def __init__(self, engine: Engine, transfer_id: str, media_type: str) -> None:
         self.engine = engine
         self.transfer_id = transfer_id
-        self.sent = 0
+        self.meter = PayloadMeter(media_type)
 
-    def record(self, note: str | None = None) -> None:
+    def record(self, note: str | None = None, gated: GatedStream | None = None) -> None:
+        meter = self.meter
+        served = Served(meter.sha256, meter.records(gated), gated.counters if gated is not None else None)
         with Session(self.engine) as session:
-            add_bytes(session, self.transfer_id, self.sent, note)
+            add_bytes(session, self.transfer_id, meter.bytes, note, served)
 
 
 def _end_after_gate_failure(engine: Engine, transfer_id: str, reason: str) -> bool:
@@ -159,14 +171,14 @@ def public_router() -> APIRouter:
             headers["Content-Length"] = str(stream.size)
         if stream.content_range is not None:
             headers["Content-Range"] = stream.content_range
-        counted = _Counted(core.engine, transfer_id)
+        counted = _Counted(core.engine, transfer_id, stream.media_type)
         closed_gate = isinstance(gate, ClosedGate)
 
         async def body() -> AsyncIterator[bytes]:
             note: str | None = None
             try:
                 async for chunk in stream.chunks:
-                    counted.sent += len(chunk)
+                    counted.meter.update(chunk)
                     yield chunk
                 if stream.gated is not None and stream.gated.counters.withheld:
                     why = CLOSED_GATE_REASON if closed_gate else "the gate did not admit their subjects"
@@ -181,7 +193,7 @@ def public_router() -> APIRouter:
                 raise
             finally:
                 await stream.aclose()
-                await run_in_threadpool(counted.record, note)
+                await run_in_threadpool(counted.record, note, stream.gated)
                 if stream.gated is not None:
                     report_release(stream.gated)  # the citizens' "who received my data" (consent service)
 

@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse, Response
 from sqlmodel import Session
 from starlette.background import BackgroundTask
 
+from connector import transfer_evidence as evidence
 from connector.dsp import transfer_messages as wire
 from connector.dsp.errors import DspError
 from connector.dsp.messages import DspMessageError, normalise
@@ -71,14 +72,33 @@ async def _message(request: Request, kind: Message) -> dict[str, Any]:
 
 
 def _kick(request: Request, row: TransferRow) -> BackgroundTask | None:
-    """After the answer is sent, deliver the message this step queued (if any)."""
-    if row.pending_message is None:
+    """After the answer is sent, deliver the message (or signed statements) this step queued, if any."""
+    if row.pending_message is None and row.statements_outbox is None:
         return None
     return BackgroundTask(request.app.state.transfer_worker.kick, row.id)
 
 
 def _state_object(row: TransferRow) -> dict[str, Any]:
     return wire.transfer_object(row.provider_pid or "", row.consumer_pid or "", dsp_state(row))
+
+
+def _log_refusal(
+    session: Session, peer: Peer, exc: TransferError, message: dict[str, Any], kind: Message
+) -> None:
+    """A message from an authenticated member that we refused goes into the transfer log."""
+    row = exc.row
+    agreement = row.agreement_id if row is not None else message.get("agreementId")
+    evidence.refused(
+        session,
+        counter_party=peer.did,
+        role=row.role if row is not None else Role.PROVIDER.value,
+        reason=exc.reason,
+        code=f"dsp.{kind.value}",
+        transfer_id=row.id if row is not None else None,
+        agreement_id=agreement if isinstance(agreement, str) else None,
+        dataset=row.asset_id if row is not None else None,
+    )
+    session.commit()
 
 
 def transfer_router() -> APIRouter:
@@ -119,6 +139,8 @@ def transfer_router() -> APIRouter:
                 row = await run_in_threadpool(apply)
             except TransferError as exc:
                 session.rollback()
+                if exc.row is not None:
+                    await run_in_threadpool(_log_refusal, session, peer, exc, message, kind)
                 raise _error(
                     exc.status, exc.reason, message.get("providerPid"), message.get("consumerPid")
                 ) from None
@@ -140,6 +162,7 @@ def transfer_router() -> APIRouter:
             row = await run_in_threadpool(provider_receive_request, session, core, peer, message)
         except TransferError as exc:
             session.rollback()
+            await run_in_threadpool(_log_refusal, session, peer, exc, message, Message.REQUEST)
             raise _error(exc.status, exc.reason, None, message.get("consumerPid")) from None
         return JSONResponse(_state_object(row), status_code=201, background=_kick(request, row))
 

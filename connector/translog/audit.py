@@ -41,6 +41,7 @@ from connector.translog.checkpoint import (
 )
 from connector.translog.entries import AGREEMENT_FINALIZED, KINDS, EntryError, check_fields
 from connector.translog.note import NoteError, Verifier, open_note, parse_note, verifier_key_string
+from connector.translog.receipts import TRANSFER_RECEIPT, facts_of_entry, verify_facts
 from contracts.signing import SignatureError, canonical_form, verify_agreement_signature
 from identity.errors import KeyFileError
 from identity.keys import public_key_from_jwk
@@ -384,11 +385,33 @@ def _verify(zf: zipfile.ZipFile, min_cosignatures: int) -> Report:
     return report
 
 
+@dataclass
+class _ReceiptCount:
+    checked: int = 0
+    failed: int = 0
+
+
+def _check_receipt(entry: dict[str, Any], jwks: dict[str, Any]) -> str | None:
+    """A counter-party's signature over the transfer facts the entry holds."""
+    signer = entry.get("signedBy")
+    if signer != entry.get("counterParty"):
+        return f"the receipt is signed by {signer}, not by the counter-party {entry.get('counterParty')}"
+    jwk = jwks.get(str(signer))
+    if jwk is None:
+        return f"no key for {signer} in keys.json: its signature cannot be checked"
+    try:
+        verify_facts(facts_of_entry(entry), str(entry.get("signature")), str(signer), jwk)
+    except SignatureError as exc:
+        return f"the signature of {signer} does not verify: {exc}"
+    return None
+
+
 def _check_entries(
     zf: zipfile.ZipFile, report: Report, agreements: dict[str, Any], jwks: dict[str, Any]
 ) -> tuple[list[bytes], int]:
     leaves: list[bytes] = []
     agreement_count = 0
+    receipts = _ReceiptCount()
     expected = report.end - report.start
     stream = _read_member(zf, "entries.jsonl")
     try:
@@ -417,8 +440,17 @@ def _check_entries(
                 if trouble:
                     agreement_count -= 1
                     report.fail(f"entry {index} ({kind}): {trouble}")
+            elif entry and kind == TRANSFER_RECEIPT:
+                trouble = _check_receipt(entry, jwks)
+                receipts.checked += 1
+                if trouble:
+                    receipts.failed += 1
+                    report.fail(f"entry {index} ({kind}): {trouble}")
     finally:
         stream.close()
+    if receipts.checked > receipts.failed:
+        good = receipts.checked - receipts.failed
+        report.passed.append(f"{good} transfer receipt(s): the counter-party's signatures verify")
     if len(leaves) != expected:
         report.fail(
             f"the bundle holds {len(leaves)} entries where the manifest says {expected} "

@@ -210,9 +210,9 @@ _TRANSFER_FIELDS: dict[str, Validator] = {
 _TRANSFER_REQUIRED = {"transferId", "agreementId", "dataset", "counterParty", "role"}
 register_kind(TRANSFER_STARTED, _TRANSFER_FIELDS, _TRANSFER_REQUIRED)
 register_kind(TRANSFER_SUSPENDED, _TRANSFER_FIELDS, _TRANSFER_REQUIRED | {"reason"})
-register_kind(
-    TRANSFER_COMPLETED, _TRANSFER_FIELDS, _TRANSFER_REQUIRED | {"bytes", "payloadSha256", "records"}
-)
+# The provider's completed entry carries bytes, payloadSha256 and records; the consumer's
+# numbers are the provider's signed statement it logs (transfer.receipt).
+register_kind(TRANSFER_COMPLETED, _TRANSFER_FIELDS, _TRANSFER_REQUIRED)
 register_kind(TRANSFER_TERMINATED, _TRANSFER_FIELDS, _TRANSFER_REQUIRED | {"reason"})
 
 register_kind(
