@@ -222,7 +222,8 @@ def _publish(all_settings: list[ParticipantSettings], broker: str) -> None:
 
 
 def _negotiate(all_settings: list[ParticipantSettings]) -> None:
-    """Transit agrees on bike-counts automatically; city on card-trips with transit's manual approval."""
+    """Transit agrees on bike-counts automatically; the city on card-trips with transit's manual approval,
+    and automatically on transit's traffic-sensors and the utility's grid-load."""
     by_name = {s.name: s for s in all_settings}
     city, transit, utility = by_name["city"], by_name["transit"], by_name["utility"]
     print("\nContract negotiations:", flush=True)

@@ -18,6 +18,7 @@ from sqlmodel import Session
 from connector.edr_negotiations import advance, negotiations_to_advance
 from connector.transfer_worker import TransferWorker
 from runtime.logging import get_logger
+from runtime.polling import PollFailures
 from runtime.service import ServiceCore
 
 POLL_SECONDS = 0.5
@@ -58,14 +59,17 @@ class EdrWorker:
 
     async def run(self) -> None:
         """Poll for finished EDR negotiations until cancelled."""
+        failures = PollFailures(log, "EDR worker poll failed", POLL_SECONDS)
         while True:
             try:
                 for negotiation_id in await run_in_threadpool(self._due):
                     await self.advance(negotiation_id)
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception("EDR worker poll failed")
+            except Exception as exc:
+                failures.failed(exc)
+            else:
+                failures.succeeded()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=POLL_SECONDS)
+                await asyncio.wait_for(self._wake.wait(), timeout=failures.wait)
             self._wake.clear()

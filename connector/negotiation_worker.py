@@ -26,6 +26,7 @@ from catalog.queryspec import table_of
 from connector.negotiations import Pending, delivered, undeliverable
 from contracts.models import NegotiationRow
 from runtime.logging import get_logger
+from runtime.polling import PollFailures
 from runtime.service import ServiceCore
 
 _TABLE = table_of(NegotiationRow)
@@ -190,14 +191,17 @@ class NegotiationWorker:
 
     async def run(self) -> None:
         """Poll for due messages until cancelled."""
+        failures = PollFailures(log, "negotiation worker poll failed", POLL_SECONDS)
         while True:
             try:
                 for negotiation_id in await run_in_threadpool(self._due):
                     await self.deliver(negotiation_id)
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception("negotiation worker poll failed")
+            except Exception as exc:
+                failures.failed(exc)
+            else:
+                failures.succeeded()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=POLL_SECONDS)
+                await asyncio.wait_for(self._wake.wait(), timeout=failures.wait)
             self._wake.clear()

@@ -34,6 +34,7 @@ from connector.transfer_receipts import send_statements
 from connector.transfer_states import Message
 from connector.transfers import Pending, delivered, end_by_provider, needs_push, undeliverable
 from runtime.logging import get_logger
+from runtime.polling import PollFailures
 from runtime.service import ServiceCore
 
 _TABLE = table_of(TransferRow)
@@ -257,6 +258,7 @@ class TransferWorker:
 
     async def run(self) -> None:
         """Poll for due messages until cancelled."""
+        failures = PollFailures(log, "transfer worker poll failed", POLL_SECONDS)
         while True:
             try:
                 for transfer_id in await run_in_threadpool(self._due):
@@ -266,8 +268,10 @@ class TransferWorker:
                         self._spawn(self._push(transfer_id))
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception("transfer worker poll failed")
+            except Exception as exc:
+                failures.failed(exc)
+            else:
+                failures.succeeded()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=POLL_SECONDS)
+                await asyncio.wait_for(self._wake.wait(), timeout=failures.wait)
             self._wake.clear()

@@ -179,12 +179,13 @@ def test_demo_runs_four_participants_and_stops_cleanly(tmp_path: Path, tessera_c
         ping = tessera_cli("dataspace", "ping", "--dir", str(root / "utility"), "--did", consent_did)
         assert ping.code == 0, ping.stderr
 
-        # The demo's auditor sees city's log: both agreements, each proof served for the page to check.
+        # The demo's auditor sees city's log: its four agreements (bike-counts as provider; card-trips,
+        # traffic-sensors and grid-load as consumer), each proof served for the page to check.
         password = (root / "city" / "auditor-password").read_text().strip()
         with auditor_client(f"http://127.0.0.1:{base}", "auditor", password) as auditor:
             timeline = auditor.get("/ui/audit", params={"kind": "agreements"})
         assert timeline.status_code == 200
-        assert timeline.text.count("Agreement finalized") == 2, timeline.text[-3000:]
+        assert timeline.text.count("Agreement finalized") == 4, timeline.text[-3000:]
 
         code, rest = _interrupt(process)
         assert code == 0, rest
