@@ -57,17 +57,23 @@ def record_transfer_report(session: Session, controller_did: str, report: Transf
     per_citizen: dict[str, int] = {}
     for subject, citizen in owners.items():
         per_citizen[citizen] = per_citizen.get(citizen, 0) + counts[subject]
-    now = now_millis()
-    transferred_at = int(report.transferred_at.timestamp() * 1000)
-    for citizen, records in per_citizen.items():
-        row = session.exec(
+    # Every read before the first write: SQLite's write lock is then held for the writes alone, not
+    # across one query per citizen (which kept decision requests waiting on "database is locked").
+    existing: dict[str, TransferSummary] = {}
+    citizens = list(per_citizen)
+    for start in range(0, len(citizens), 500):
+        for found in session.exec(
             select(TransferSummary).where(
                 TransferSummary.controller_did == controller_did,
                 TransferSummary.transfer_id == report.transfer_id,
-                TransferSummary.citizen_id == citizen,
+                col(TransferSummary.citizen_id).in_(citizens[start : start + 500]),
             )
-        ).first()
-        row = row or TransferSummary(
+        ).all():
+            existing[found.citizen_id] = found
+    now = now_millis()
+    transferred_at = int(report.transferred_at.timestamp() * 1000)
+    for citizen, records in per_citizen.items():
+        row = existing.get(citizen) or TransferSummary(
             citizen_id=citizen, controller_did=controller_did, transfer_id=report.transfer_id,
             recipient_did=report.recipient, purpose=report.purpose, dataset=report.dataset,
             record_count=0, transferred_at=transferred_at, reported_at=now,
