@@ -165,7 +165,7 @@ def _introduce(a: Node, b: Node) -> None:
 
 def _server_environment(node: Node) -> dict[str, str]:
     # No federated-catalog crawl in the middle of a measurement (it would be one catalog request).
-    settings = {"TESSERA_CATALOG_CRAWL_INTERVAL_SECONDS": "0"}
+    settings = {"TESSERA_CATALOG_CRAWL_INTERVAL_SECONDS": "0", "TESSERA_LOG_WITNESS_INTERVAL_SECONDS": "0"}
     if node.database_url is not None:
         settings["TESSERA_DATABASE_URL"] = node.database_url
     return server_environment(**settings)
@@ -908,7 +908,8 @@ def run(quick: bool) -> BenchResult:
         f"baseline = {ROUND_TRIPS} POSTs per negotiation of a {runs[0].body_bytes:,}-byte JSON body (a signed agreement "
         f"message) to {BASELINE_PATH} (404 through the same middleware and request log; 3 to the consumer, 2 to the "
         "provider), kept-alive httpx clients, same concurrency",
-        "federated catalog crawling is off in both connectors (TESSERA_CATALOG_CRAWL_INTERVAL_SECONDS=0); "
+        "federated catalog crawling and log witnessing are off in both connectors "
+        "(TESSERA_CATALOG_CRAWL_INTERVAL_SECONDS=0, TESSERA_LOG_WITNESS_INTERVAL_SECONDS=0); "
         "everything else is as served by 'tessera serve', request log at level info",
         f"load average (1 min) when the benchmark started: {load:.2f} on {os.cpu_count()} CPUs; both connectors, "
         "the database server and this benchmark share them, and wall-clock figures suffer from any other load",

@@ -535,8 +535,10 @@ def test_same_token_raced_at_both_replicas_is_accepted_exactly_once(replicas: Re
 def _start_serve(data_dir: Path, log_path: Path) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TESSERA_")}
     env["PYTHONUNBUFFERED"] = "1"
-    # No background catalog crawl: its calls would add to the rejection counts this test checks.
+    # No background catalog crawl or log witnessing: their calls would add to the rejection counts this
+    # test checks (a witness round 5 s after start-up lands after the test removed alpha from beta's list).
     env["TESSERA_CATALOG_CRAWL_INTERVAL_SECONDS"] = "0"
+    env["TESSERA_LOG_WITNESS_INTERVAL_SECONDS"] = "0"
     with log_path.open("wb") as log:
         return subprocess.Popen(
             [sys.executable, "-m", "connector", "serve", "--dir", str(data_dir)],
