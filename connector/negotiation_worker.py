@@ -54,20 +54,25 @@ class NegotiationWorker:
 
     # ---- leases
 
-    def _lease(self, negotiation_id: str) -> bool:
+    def _lease(self, negotiation_id: str) -> tuple[str, str] | None:
+        """Take the lease and read what to send, in one statement: (the pending message's JSON, the
+        counter-party's DID), or None when nothing is pending or another worker holds the lease."""
         now = now_millis()
         statement = (
             update(_TABLE)
             .where(
                 _N.id == negotiation_id,
+                _N.pending_message.is_not(None),
                 # Not even this worker may take a lease it holds: its poll loop and a kick (or two
                 # kicks) would otherwise send the same message at once.
                 or_(_N.lease_until.is_(None), _N.lease_until < now),
             )
             .values(lease_owner=self.owner, lease_until=now + LEASE_MS)
+            .returning(_N.pending_message, _N.counter_party_did)
         )
         with self._core.engine.begin() as connection:
-            return bool(connection.execute(statement).rowcount)
+            found = connection.execute(statement).first()
+        return (found[0], found[1]) if found is not None else None
 
     def _release(self, negotiation_id: str) -> None:
         statement = (
@@ -102,34 +107,24 @@ class NegotiationWorker:
         task.add_done_callback(self._tasks.discard)
 
     async def deliver(self, negotiation_id: str) -> None:
-        if not await run_in_threadpool(self._lease, negotiation_id):
-            return  # another replica (or task) is on it
-        try:
-            await self._deliver_leased(negotiation_id)
-        except Exception:  # never let one negotiation stop the worker; it is retried by the poll
-            log.exception("negotiation delivery failed", negotiation=negotiation_id)
-        finally:
-            await run_in_threadpool(self._release, negotiation_id)
-
-    def _load(self, negotiation_id: str) -> tuple[str, str] | None:
-        """(the pending message's JSON, the counter-party's DID), or None when nothing is pending."""
-        with Session(self._core.engine) as session:
-            row = session.get(NegotiationRow, negotiation_id)
-            if row is None or row.pending_message is None:
-                return None
-            return row.pending_message, row.counter_party_did
-
-    async def _deliver_leased(self, negotiation_id: str) -> None:
         # Each database step runs whole in one thread: no connection (nor row lock) is held while
         # the message travels or while waiting for a thread, so a burst of slow deliveries cannot
         # exhaust the pool and stall the connector.
-        loaded = await run_in_threadpool(self._load, negotiation_id)
+        loaded = await run_in_threadpool(self._lease, negotiation_id)
         if loaded is None:
-            return
-        sent, audience = loaded
-        pending = Pending.from_json(sent)
-        error, final, answer = await self._send(audience, pending)
-        await run_in_threadpool(self._record, negotiation_id, sent, pending, error, final, answer)
+            return  # nothing to send, or another replica (or task) is on it
+        recorded = False
+        try:
+            sent, audience = loaded
+            pending = Pending.from_json(sent)
+            error, final, answer = await self._send(audience, pending)
+            await run_in_threadpool(self._record, negotiation_id, sent, pending, error, final, answer)
+            recorded = True  # the outcome's commit released the lease
+        except Exception:  # never let one negotiation stop the worker; it is retried by the poll
+            log.exception("negotiation delivery failed", negotiation=negotiation_id)
+        finally:
+            if not recorded:
+                await run_in_threadpool(self._release, negotiation_id)
 
     def _record(
         self,
@@ -140,12 +135,20 @@ class NegotiationWorker:
         final: bool,
         answer: dict[str, Any] | None,
     ) -> None:
-        """Let the state machine move on a delivery, or schedule the retry, or give up."""
+        """Let the state machine move on a delivery, or schedule the retry, or give up; the lease is
+        released in the same commit."""
         with Session(self._core.engine) as session:
             row = session.get(NegotiationRow, negotiation_id, with_for_update=True)
+            if row is None:
+                return
+            if row.lease_owner == self.owner:
+                row.lease_owner = None
+                row.lease_until = None
             # While the message travelled, a message from the counter-party may have changed the row
             # (a termination, say): judge the outcome against the row as it is now.
-            if row is None or row.pending_message != sent:
+            if row.pending_message != sent:
+                session.add(row)
+                session.commit()
                 return
             if error is None:
                 delivered(session, row, pending, answer)
