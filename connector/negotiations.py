@@ -250,7 +250,8 @@ def take_implied_delivery(
     The counter-party may send ``kind`` only in the state our message leads to, so it has applied
     our message and its answer was lost (or is not recorded yet). Taken only when no delivery of
     ours is in flight: the row is claimed like the worker's lease, in this transaction, so the
-    worker cannot send the message again meanwhile; the caller's commit records both steps.
+    worker cannot send the message again meanwhile; the caller's commit records both steps. While
+    one is in flight (``settle`` has waited for it), a 503 asks the counter-party to try again.
     """
     pending = _implied(row, kind)
     if pending is None or message.get("consumerPid") != row.consumer_pid:
@@ -268,7 +269,14 @@ def take_implied_delivery(
         .values(lease_owner="receiver", lease_until=now + CLAIM_MS)
     )
     if not session.connection().execute(claim).rowcount:
-        return row  # our delivery is in flight (or already recorded): judged as things are
+        session.refresh(row)
+        if _implied(row, kind) is None:
+            return row  # our delivery was recorded meanwhile: judged as things are
+        # Still in flight (or its worker was killed, and its lease has not expired): not a conflict,
+        # and not yet decided. Retryable, so that the counter-party does not give up.
+        raise NegotiationError(
+            503, f"our {pending.message.value} to you is still on its way; try again shortly", row
+        )
     session.refresh(row)
     delivered(session, row, pending, None, commit=False)
     row.lease_owner = None
