@@ -5,8 +5,9 @@ the row (one UPDATE that succeeds only when no other replica holds an
 unexpired lease), sends the message with a peer token, and on success lets
 the state machine move. A failure is retried with exponential backoff; after
 ``MAX_ATTEMPTS`` the negotiation is TERMINATED with the real reason. A
-refusal (4xx) from the counter-party is final at once. Nothing lives only in
-memory: a restarted connector picks up where it stopped.
+refusal (4xx) from the counter-party is final at once, except a 409 whose
+counter-party state shows an earlier try arrived (its answer lost). Nothing
+lives only in memory: a restarted connector picks up where it stopped.
 """
 
 from __future__ import annotations
