@@ -5,8 +5,9 @@ the row (one UPDATE that succeeds only when no other replica holds an
 unexpired lease), sends the message with a peer token, and on success lets
 the state machine move. A failure is retried with exponential backoff; after
 ``MAX_ATTEMPTS`` the negotiation is TERMINATED with the real reason. A
-refusal (4xx) from the counter-party is final at once. Nothing lives only in
-memory: a restarted connector picks up where it stopped.
+refusal (4xx) from the counter-party is final at once, except a 409 whose
+counter-party state shows an earlier try arrived (its answer lost). Nothing
+lives only in memory: a restarted connector picks up where it stopped.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from sqlmodel import Session
 
 from catalog.assets import now_millis
 from catalog.queryspec import table_of
-from connector.negotiations import Pending, delivered, undeliverable
+from connector.negotiations import Pending, applied_by_counter_party, delivered, state_url, undeliverable
 from contracts.models import NegotiationRow
 from runtime.logging import get_logger
 from runtime.polling import PollFailures
@@ -118,6 +119,9 @@ class NegotiationWorker:
             sent, audience = loaded
             pending = Pending.from_json(sent)
             error, final, answer = await self._send(audience, pending)
+            refused_now = final and error is not None and error.startswith("HTTP 409 ")
+            if refused_now and await self._applied_before(negotiation_id, audience, pending):
+                error, final, answer = None, False, None
             await run_in_threadpool(self._record, negotiation_id, sent, pending, error, final, answer)
             recorded = True  # the outcome's commit released the lease
         except Exception:  # never let one negotiation stop the worker; it is retried by the poll
@@ -173,6 +177,33 @@ class NegotiationWorker:
             log.info(
                 "negotiation message will be retried", negotiation=row.id, attempts=row.attempts, error=error
             )
+
+    def _row(self, negotiation_id: str) -> NegotiationRow | None:
+        with Session(self._core.engine) as session:
+            return session.get(NegotiationRow, negotiation_id)
+
+    async def _applied_before(self, negotiation_id: str, audience: str, pending: Pending) -> bool:
+        """Refused as not allowed now: does the counter-party's state show an earlier try arrived?
+
+        (Its answer was lost.) Then the refusal is no reason to give up: the message was delivered.
+        """
+        row = await run_in_threadpool(self._row, negotiation_id)
+        url = state_url(row) if row is not None and row.pending_message is not None else None
+        if row is None or url is None:
+            return False
+        try:
+            response = await self._core.peer_client.request(audience, "GET", url)
+            theirs = response.json() if response.status_code == 200 else None
+        except (httpx.HTTPError, ValueError):
+            return False
+        if not isinstance(theirs, dict) or (theirs.get("providerPid"), theirs.get("consumerPid")) != (
+            row.provider_pid,
+            row.consumer_pid,
+        ):
+            return False
+        applied = applied_by_counter_party(row, pending, theirs.get("state"))
+        log.info("negotiation message refused", negotiation=negotiation_id, delivered_before=applied)
+        return applied
 
     async def _send(self, audience: str, pending: Pending) -> tuple[str | None, bool, dict[str, Any] | None]:
         """(error or None, whether the error is final, the JSON answer)."""

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-from sqlalchemy import or_, select
+from sqlalchemy import or_, select, update
 from sqlmodel import Session
 
 from catalog.assets import now_millis
@@ -36,7 +36,7 @@ from contracts.agreements import (
     store_agreement,
 )
 from contracts.models import NegotiationRow
-from contracts.negotiation import TERMINAL, Message, Role, State, TransitionError, transition
+from contracts.negotiation import RULES, TERMINAL, Message, Role, State, TransitionError, transition
 from contracts.offers import parse_offer_id, policy_fingerprint
 from contracts.signing import SignatureError, sign_agreement, verify_agreement_signature
 from identity.did import KEY_FRAGMENT
@@ -130,6 +130,14 @@ def find_by_pid(session: Session, pid: str, counter_party: str) -> NegotiationRo
     raise NegotiationError(404, f"no negotiation {pid} with you")
 
 
+def find_initial_offer(session: Session, provider_pid: str, counter_party: str) -> NegotiationRow | None:
+    """Our consumer negotiation started by this provider's offer with ``provider_pid``, if any."""
+    statement = select(NegotiationRow).where(
+        _N.role == Role.CONSUMER.value, _N.provider_pid == provider_pid, _N.counter_party_did == counter_party
+    )
+    return session.scalars(statement).first()
+
+
 def get_negotiation(session: Session, negotiation_id: str) -> NegotiationRow | None:
     return session.get(NegotiationRow, negotiation_id)
 
@@ -162,6 +170,152 @@ def settle(session: Session, row: NegotiationRow, kind: Message) -> NegotiationR
         time.sleep(0.02)
         session.refresh(row)
     return row
+
+
+# ---------------------------------------------------------------- repeats and lost answers
+#
+# An answer can be lost after the receiver has committed (a timeout, a sender killed before it
+# records the delivery): the sender then sends the same message again, or the receiver's next
+# message arrives while the sender still holds its own in the outbox. Both are recognised from
+# what each side has recorded; see docs/negotiation.md, "Lost answers".
+
+
+def _termination_detail(message: dict[str, Any]) -> str:
+    reasons = message.get("reason") or []
+    return "terminated by the counter-party" + (f": {reasons[0]}" if reasons else "")
+
+
+def is_repeat(session: Session, row: NegotiationRow, kind: Message, message: dict[str, Any]) -> bool:
+    """Is ``message`` the counter-party's message that produced our current state, sent again?
+
+    It is when the state it leads to is the one we are in and it carries what we recorded from it:
+    the offer (a counter-request's offer ``@id``, which fingerprints our terms; a counter-offer's
+    whole offer), the agreement and its signature, the verification's signature, the termination's
+    reason. An event carries nothing but its type. Answering it as before changes nothing and
+    leaves both sides in the same state.
+    """
+    senders, _, after = RULES[kind]
+    if _role(row).other not in senders or _state(row) is not after:
+        return False
+    if kind is Message.TERMINATION:
+        return row.error_detail == _termination_detail(message)
+    if kind in (Message.REQUEST, Message.OFFER):
+        offer, ours = message.get("offer"), json.loads(row.offer)
+        if kind is Message.OFFER:
+            return bool(offer == ours)
+        return (
+            isinstance(offer, dict)
+            and offer.get("@id") == ours.get("@id")
+            and offer.get("target", row.asset_id) == row.asset_id
+        )
+    if kind in (Message.AGREEMENT, Message.VERIFICATION):
+        record = agreement_for_negotiation(session, row.id)
+        signature = message.get(wire.SIGNATURE_MEMBER)
+        signature = signature if isinstance(signature, str) else None
+        if record is None:
+            return False
+        if kind is Message.VERIFICATION:
+            return record.consumer_signature == signature
+        return record.agreement == message.get("agreement") and record.provider_signature == signature
+    return True  # ACCEPTED, FINALIZED
+
+
+def _implied(row: NegotiationRow, kind: Message) -> Pending | None:
+    """Our pending message, when ``kind`` from the counter-party is allowed only once it has arrived."""
+    if row.pending_message is None:
+        return None
+    state = _state(row)
+    try:
+        transition(state, kind, _role(row).other)
+        return None  # allowed as things are: it says nothing about our message
+    except TransitionError:
+        pass
+    pending = Pending.from_json(row.pending_message)
+    try:
+        transition(transition(state, pending.message, _role(row)), kind, _role(row).other)
+    except TransitionError:
+        return None
+    return pending
+
+
+# How long the row stays claimed if we stop between recording an agreement and the row (as a lease).
+CLAIM_MS = 30_000
+
+
+def take_implied_delivery(
+    session: Session, row: NegotiationRow, kind: Message, message: dict[str, Any]
+) -> NegotiationRow:
+    """Record our pending message as delivered when the counter-party's ``message`` shows it arrived.
+
+    The counter-party may send ``kind`` only in the state our message leads to, so it has applied
+    our message and its answer was lost (or is not recorded yet). Taken only when no delivery of
+    ours is in flight: the row is claimed like the worker's lease, in this transaction, so the
+    worker cannot send the message again meanwhile; the caller's commit records both steps. While
+    one is in flight (``settle`` has waited for it), a 503 asks the counter-party to try again.
+    """
+    pending = _implied(row, kind)
+    if pending is None or message.get("consumerPid") != row.consumer_pid:
+        return row
+    if row.provider_pid is not None and message.get("providerPid") != row.provider_pid:
+        return row
+    now = now_millis()
+    claim = (
+        update(table_of(NegotiationRow))
+        .where(
+            _N.id == row.id,
+            _N.pending_message == row.pending_message,
+            or_(_N.lease_until.is_(None), _N.lease_until < now),
+        )
+        .values(lease_owner="receiver", lease_until=now + CLAIM_MS)
+    )
+    if not session.connection().execute(claim).rowcount:
+        session.refresh(row)
+        if _implied(row, kind) is None:
+            return row  # our delivery was recorded meanwhile: judged as things are
+        # Still in flight (or its worker was killed, and its lease has not expired): not a conflict,
+        # and not yet decided. Retryable, so that the counter-party does not give up.
+        raise NegotiationError(
+            503, f"our {pending.message.value} to you is still on its way; try again shortly", row
+        )
+    session.refresh(row)
+    delivered(session, row, pending, None, commit=False)
+    row.lease_owner = None
+    row.lease_until = None
+    return row
+
+
+def applied_by_counter_party(row: NegotiationRow, pending: Pending, their_state: object) -> bool:
+    """Does the counter-party's state show that our refused ``pending`` message reached it before?
+
+    Yes when it is in the state our message leads to, or one step beyond by a message of its own
+    (other than a termination) that has not reached us yet: it could only be there after our
+    message. Not when it is where we are: then our message has not arrived.
+    """
+    try:
+        theirs = State(str(their_state))
+        ours = _state(row)
+        after = transition(ours, pending.message, _role(row))
+    except (ValueError, TransitionError):
+        return False
+    if theirs is ours:
+        return False
+    if theirs is after:
+        return True
+    for message in Message:
+        if message is Message.TERMINATION:
+            continue
+        try:
+            if transition(after, message, _role(row).other) is theirs:
+                return True
+        except TransitionError:
+            continue
+    return False
+
+
+def state_url(row: NegotiationRow) -> str | None:
+    """The counter-party's ``GET /negotiations/{pid}`` for this negotiation (None: its pid is unknown)."""
+    pid = row.consumer_pid if _role(row) is Role.PROVIDER else row.provider_pid
+    return f"{_peer_address(row)}/negotiations/{pid}" if pid else None
 
 
 # ---------------------------------------------------------------- state changes
@@ -210,7 +364,12 @@ def _terminate_locally(row: NegotiationRow, reason: str) -> None:
 
 
 def delivered(
-    session: Session, row: NegotiationRow, pending: Pending, response: dict[str, Any] | None
+    session: Session,
+    row: NegotiationRow,
+    pending: Pending,
+    response: dict[str, Any] | None,
+    *,
+    commit: bool = True,
 ) -> None:
     """The counter-party accepted our message: now our state moves."""
     after = transition(_state(row), pending.message, _role(row))
@@ -234,6 +393,8 @@ def delivered(
                 ),
             )
         row.agreement_id = agreement["@id"]
+    if pending.message in (Message.OFFER, Message.REQUEST) and isinstance(pending.body.get("offer"), dict):
+        row.offer = json.dumps(pending.body["offer"])  # the current offer: the one both sides now have
     row.state = after.value
     if pending.message is Message.TERMINATION:
         reasons = pending.body.get("reason") or [row.error_detail or ""]
@@ -251,7 +412,8 @@ def delivered(
         row.error_detail = None  # delivered after all: the retry note no longer applies
     _touch(row)
     session.add(row)
-    session.commit()
+    if commit:
+        session.commit()
 
 
 def undeliverable(session: Session, row: NegotiationRow, reason: str) -> None:
@@ -438,18 +600,23 @@ def _termination(row: NegotiationRow, code: str, reason: str) -> Pending:
 
 def receive(
     session: Session, core: ServiceCore, row: NegotiationRow, kind: Message, message: dict[str, Any]
-) -> None:
-    """A message from the counter-party for an existing negotiation (both roles)."""
+) -> bool:
+    """A message from the counter-party for an existing negotiation (both roles).
+
+    False when it is a repeat of the message that produced our state (see ``is_repeat``): answered
+    as before, nothing changed.
+    """
     # The state machine first: a message the counter-party may not send now (or at all, in its
     # role) is refused as such before any role's own checks look at it.
     try:
         transition(_state(row), kind, _role(row).other)
     except TransitionError as exc:
+        if is_repeat(session, row, kind, message):
+            return False
         raise NegotiationError(409, str(exc), row) from None
     if kind is Message.TERMINATION:
         _receive(row, kind)
-        reasons = message.get("reason") or []
-        row.error_detail = "terminated by the counter-party" + (f": {reasons[0]}" if reasons else "")
+        row.error_detail = _termination_detail(message)
         row.pending_message = None
         row.next_attempt_at = None
         code = message.get("code")
@@ -485,6 +652,7 @@ def receive(
         _log_conclusion(session, row, "counter-party")
     session.add(row)
     session.commit()
+    return True
 
 
 def _same_terms(a: dict[str, Any], b: dict[str, Any]) -> bool:
@@ -671,8 +839,7 @@ def operator_action(
         offer = _operator_offer(row, body)
         url = f"{_peer_address(row)}/negotiations/{row.consumer_pid}/offers"
         message = wire.offer_message(row.provider_pid or "", offer, consumer_pid=row.consumer_pid)
-        _enqueue(row, Pending(Message.OFFER, url, message))
-        row.offer = json.dumps(offer)
+        _enqueue(row, Pending(Message.OFFER, url, message))  # the offer becomes current once delivered
     elif action == "accept":
         _check_role(row, Role.CONSUMER, "accept")
         _enqueue(row, _event(row, Message.ACCEPTED))
@@ -681,8 +848,7 @@ def operator_action(
         offer = _operator_offer(row, body)
         url = f"{_peer_address(row)}/negotiations/{row.provider_pid}/request"
         message = wire.request_message(row.consumer_pid or "", offer, provider_pid=row.provider_pid)
-        _enqueue(row, Pending(Message.REQUEST, url, message))
-        row.offer = json.dumps(offer)
+        _enqueue(row, Pending(Message.REQUEST, url, message))  # the offer becomes current once delivered
     elif action == "verify":
         _check_role(row, Role.CONSUMER, "verify")
         record = agreement_for_negotiation(session, row.id)

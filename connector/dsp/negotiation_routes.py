@@ -29,10 +29,13 @@ from connector.negotiations import (
     NegotiationError,
     address_is_under,
     find_by_pid,
+    find_initial_offer,
+    is_repeat,
     new_pid,
     provider_receive_initial_request,
     receive,
     settle,
+    take_implied_delivery,
 )
 from contracts.models import NegotiationRow
 from contracts.negotiation import Message, Role, State, transition
@@ -110,8 +113,10 @@ def negotiation_router() -> APIRouter:
             kind, message = await _message(request, kinds)
             core = service_core(request)
 
-            def apply() -> NegotiationRow:
-                row = settle(session, find_by_pid(session, pid, peer.did), kind)
+            def apply() -> tuple[NegotiationRow, bool]:
+                row = find_by_pid(session, pid, peer.did)
+                if not is_repeat(session, row, kind, message):  # a repeat waits for nothing
+                    row = take_implied_delivery(session, settle(session, row, kind), kind, message)
                 if (
                     row.role == Role.CONSUMER.value
                     and row.provider_pid is None
@@ -128,17 +133,17 @@ def negotiation_router() -> APIRouter:
                     raise NegotiationError(
                         400, "the message's providerPid and consumerPid do not match this negotiation", row
                     )
-                receive(session, core, row, kind, message)
-                return row
+                return row, receive(session, core, row, kind, message)
 
             try:
-                row = await run_in_threadpool(apply)
+                row, changed = await run_in_threadpool(apply)
             except NegotiationError as exc:
                 session.rollback()
                 raise _error(
                     exc.status, exc.reason, message.get("providerPid"), message.get("consumerPid")
                 ) from None
-            return Response(status_code=200, background=_kick(request, row))
+            # A repeat is answered as the first time, without a second callback or delivery.
+            return Response(status_code=200, background=_kick(request, row) if changed else None)
 
         return endpoint
 
@@ -171,6 +176,17 @@ def negotiation_router() -> APIRouter:
                 400, f"callbackAddress {callback!r} is not under your registered DSP address", provider_pid
             )
         offer = message["offer"]
+
+        def repeated() -> NegotiationRow | None:
+            existing = find_initial_offer(session, provider_pid, peer.did)
+            if existing is not None and not is_repeat(session, existing, Message.OFFER, message):
+                raise _error(409, f"providerPid {provider_pid} names another negotiation with you",
+                             provider_pid, existing.consumer_pid)  # fmt: skip
+            return existing
+
+        existing = await run_in_threadpool(repeated)
+        if existing is not None:  # the provider sent its offer again: same negotiation, same answer
+            return JSONResponse(_state_object(existing), status_code=201)
         row = NegotiationRow(
             id=str(uuid.uuid4()),
             role=Role.CONSUMER.value,
