@@ -84,6 +84,12 @@ class NegotiationWorker:
         with self._core.engine.begin() as connection:
             connection.execute(statement)
 
+    def _release_in(self, row: NegotiationRow) -> None:
+        """Release our lease as part of the caller's next commit."""
+        if row.lease_owner == self.owner:
+            row.lease_owner = None
+            row.lease_until = None
+
     def _due(self) -> list[str]:
         now = now_millis()
         statement = (
@@ -145,17 +151,21 @@ class NegotiationWorker:
             row = session.get(NegotiationRow, negotiation_id, with_for_update=True)
             if row is None:
                 return
-            if row.lease_owner == self.owner:
-                row.lease_owner = None
-                row.lease_until = None
             # While the message travelled, a message from the counter-party may have changed the row
             # (a termination, say): judge the outcome against the row as it is now.
             if row.pending_message != sent:
+                self._release_in(row)
                 session.add(row)
                 session.commit()
                 return
             if error is None:
-                delivered(session, row, pending, answer)
+                # The lease goes with the final commit only: recording an agreement commits on its
+                # own first, and a free lease would let the counter-party's next message (waiting in
+                # ``settle``) apply to the row before this delivery is recorded, and be overwritten.
+                delivered(session, row, pending, answer, commit=False)
+                self._release_in(row)
+                session.add(row)
+                session.commit()
                 log.info(
                     "negotiation message delivered",
                     negotiation=row.id,
@@ -167,11 +177,13 @@ class NegotiationWorker:
             if final or row.attempts >= MAX_ATTEMPTS:
                 why = error if final else f"{error} (gave up after {row.attempts} attempts)"
                 reason = f"could not deliver {pending.message.value} to {row.counter_party_did}: {why}"
+                self._release_in(row)  # undeliverable() commits once, with the termination
                 undeliverable(session, row, reason)
                 log.warning("negotiation terminated", negotiation=row.id, reason=reason)
                 return
             row.next_attempt_at = now_millis() + backoff_ms(row.attempts)
             row.error_detail = f"retrying {pending.message.value}: {error}"
+            self._release_in(row)
             session.add(row)
             session.commit()
             log.info(

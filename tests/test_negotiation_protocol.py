@@ -12,6 +12,7 @@ schemas; every refusal is a ContractNegotiationError and changes nothing.
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -22,6 +23,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
+import connector.negotiations as negotiations_module
 from catalog.jsonld import EDC_NS
 from connector.negotiations import delivered
 from contracts.signing import agreement_key_id, sign_agreement, verify_agreement_signature
@@ -855,9 +857,9 @@ def test_a_callback_overtaking_the_recorded_answer_waits_for_it(
     """An automatic provider sends its agreement right after answering the request; it may arrive
     before the consumer has recorded the answer. It must be taken, not refused."""
 
-    def slowly_delivered(*args: Any) -> None:
+    def slowly_delivered(*args: Any, **kwargs: Any) -> None:
         time.sleep(1.5)
-        delivered(*args)
+        delivered(*args, **kwargs)
 
     monkeypatch.setattr("connector.negotiation_worker.delivered", slowly_delivered)
     with consumer_side(make_connector) as side:
@@ -870,3 +872,38 @@ def test_a_callback_overtaking_the_recorded_answer_waits_for_it(
         response = side.send(f"/{consumer_pid}/agreement", side.agreement_message(consumer_pid))
         assert response.status_code == 200, response.text
         wait_for(side.client, negotiation_id, "VERIFIED")
+
+
+def test_a_verification_overtaking_the_recorded_agreement_is_not_lost(
+    make_connector: MakeConnector, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The provider records a delivered agreement in two commits (the agreement, then the row). A
+    consumer's verification arriving between them must wait for the second, not be applied and
+    then overwritten by it (the negotiation would stay AGREED on the provider, FINALIZED nowhere)."""
+    from contracts.agreements import store_agreement as stored_agreement
+
+    recorded_late = threading.Event()
+
+    def slowly_stored(*args: Any) -> Any:
+        record = stored_agreement(*args)  # committed: only the row's move to AGREED is left
+        time.sleep(1.5)
+        recorded_late.set()
+        return record
+
+    monkeypatch.setattr(negotiations_module, "store_agreement", slowly_stored)
+    with provider_side(make_connector) as side:
+        consumer_pid = _pid()
+        provider_pid = state_object(side.request(consumerPid=consumer_pid), 201, "REQUESTED")["providerPid"]
+        [hit] = side.fake.wait_for(f"/negotiations/{consumer_pid}/agreement")
+        time.sleep(0.3)  # the provider is now between its two commits
+        response = side.send(
+            f"/{provider_pid}/agreement/verification",
+            _verification(side, provider_pid, consumer_pid, hit.body["agreement"]),
+        )
+        assert response.status_code == 200, response.text
+        [finalized] = side.fake.wait_for(f"/negotiations/{consumer_pid}/events")
+        assert finalized.body["eventType"] == "FINALIZED"
+        side.wait_state(provider_pid, "FINALIZED")
+        assert recorded_late.wait(10)
+        time.sleep(0.5)  # the slow recording has committed: it must not have moved the row back
+        state_object(side.state(provider_pid), 200, "FINALIZED")
