@@ -147,7 +147,8 @@ class NegotiationWorker:
     ) -> None:
         """Let the state machine move on a delivery, or schedule the retry, or give up; the lease is
         released in the same commit."""
-        with Session(self._core.engine) as session:
+        # Nothing is read back after the commit but what this session wrote: no reload needed.
+        with Session(self._core.engine, expire_on_commit=False) as session:
             row = session.get(NegotiationRow, negotiation_id, with_for_update=True)
             if row is None:
                 return

@@ -84,6 +84,14 @@ class Consumer:
             session.expunge(row)
             return row
 
+    def settled_row(self, transfer_id: str) -> TransferRow:
+        """The row once the worker that delivered its last message has released its lease."""
+        settled: TransferRow = wait_until(
+            lambda: (row := self.row(transfer_id)).lease_owner is None and row,
+            what="the transfer worker to release its lease",
+        )
+        return settled
+
 
 @contextmanager
 def consumer(make_connector: MakeConnector, respond: Callable[[Hit], tuple[int, Any]]) -> Iterator[Consumer]:
@@ -141,7 +149,7 @@ def test_the_request_is_retried_until_the_provider_takes_it_then_the_callbacks_m
         assert message["callbackAddress"] == side.transit.settings.dsp_url
         consumer_pid = message["consumerPid"]
         pids = {"providerPid": PROVIDER_PID, "consumerPid": consumer_pid}
-        before = side.row(transfer_id).model_dump()
+        before = side.settled_row(transfer_id).model_dump()
 
         transfer_error(
             side.callback(f"/{consumer_pid}/start", dsp("TransferStartMessage", **pids)), 400, "dataAddress"
