@@ -196,7 +196,7 @@ def test_audit_verify_checks_receipt_signatures_and_names_a_tampered_one(
     assert "1 transfer receipt(s): the counter-party's signatures verify" in report.render()
 
     # A bundle with no per-entry inclusion proofs (as past 10,000 entries): the honest receipt
-    # given the other one's signature is named, as tampered and as not the log's entry 0.
+    # with its signature altered is named, as not verifying and as not the log's entry 0.
     monkeypatch.setattr(bundle_module, "INCLUSION_PROOF_LIMIT", 0)
     large = tmp_path / "large.zip"
     with large.open("wb") as out:
@@ -207,7 +207,8 @@ def test_audit_verify_checks_receipt_signatures_and_names_a_tampered_one(
         if name != "entries.jsonl":
             return data
         first, second = (json.loads(line) for line in data.splitlines())
-        first["signature"] = second["signature"]
+        signature = first["signature"]
+        first["signature"] = signature[:-4] + ("AAAA" if signature[-4:] != "AAAA" else "BBBB")
         return b"".join(
             json.dumps(e, sort_keys=True, separators=(",", ":")).encode() + b"\n" for e in (first, second)
         )
