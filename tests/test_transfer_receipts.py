@@ -23,12 +23,15 @@ from connector.transfer_models import TransferRow
 from connector.transfer_receipts import _settle_statement
 from connector.transfer_states import Message
 from connector.transfers import receive
+from connector.translog import bundle as bundle_module
 from connector.translog import store
 from connector.translog.audit import verify_bundle
+from connector.translog.bundle import write_bundle
 from connector.translog.entries import EntryError
 from connector.translog.receipts import TRANSFER_RECEIPT, sign_facts
 from tests.conftest import CliResult, Participant
 from tests.federated_helpers import trust_each_other
+from tests.translog_helpers import rezip
 
 SHA = "ab" * 32
 
@@ -154,7 +157,10 @@ def test_the_provider_logs_a_genuine_receipt_and_refuses_a_tampered_one(
 
 
 def test_audit_verify_checks_receipt_signatures_and_names_a_tampered_one(
-    make_connector: Callable[..., Participant], tessera_cli: Callable[..., CliResult], tmp_path: Path
+    make_connector: Callable[..., Participant],
+    tessera_cli: Callable[..., CliResult],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     city, transit = make_connector("city"), make_connector("transit")
     trust_each_other([city, transit])
@@ -188,3 +194,31 @@ def test_audit_verify_checks_receipt_signatures_and_names_a_tampered_one(
     report = verify_bundle(bundle)
     assert len(report.failures) == 1, report.failures
     assert "1 transfer receipt(s): the counter-party's signatures verify" in report.render()
+
+    # A bundle with no per-entry inclusion proofs (as past 10,000 entries): the honest receipt
+    # with its signature altered is named, as not verifying and as not the log's entry 0.
+    monkeypatch.setattr(bundle_module, "INCLUSION_PROOF_LIMIT", 0)
+    large = tmp_path / "large.zip"
+    with large.open("wb") as out:
+        write_bundle(city.core.engine, city.did, city.core.key, 0, 2**62, out)
+    tampered = tmp_path / "tampered.zip"
+
+    def swap_signature(name: str, data: bytes) -> bytes:
+        if name != "entries.jsonl":
+            return data
+        first, second = (json.loads(line) for line in data.splitlines())
+        signature = first["signature"]
+        first["signature"] = signature[:-4] + ("AAAA" if signature[-4:] != "AAAA" else "BBBB")
+        return b"".join(
+            json.dumps(e, sort_keys=True, separators=(",", ":")).encode() + b"\n" for e in (first, second)
+        )
+
+    rezip(large, tampered, swap_signature)
+    failures = verify_bundle(tampered).failures
+    assert any(
+        f.startswith("entry 0 (transfer.receipt): the signature of " + transit.did) for f in failures
+    ), failures
+    assert (
+        f"entry 0 (transfer.receipt transferId {honest.id}): does not hash to the log's leaf 0 in checkpoint 2 (modified)"
+        in failures
+    )

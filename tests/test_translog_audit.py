@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 
+from connector.translog import bundle as bundle_module
+from connector.translog import merkle
 from connector.translog.audit import BundleError, verify_bundle
 from connector.translog.bundle import write_bundle
 from connector.translog.checkpoint import sign_checkpoint
@@ -31,9 +33,19 @@ from tests.translog_helpers import (
 Cli = Callable[..., CliResult]
 
 
-@pytest.fixture
-def audited(make_connector: Callable[..., Participant], tmp_path: Path) -> tuple[Participant, Path]:
+# "per-entry proofs": a bundle small enough for one inclusion proof per entry; "leaf list only": the
+# limit lowered below the bundle's 13 entries, as for a bundle of more than 10,000: only leaves.bin
+# (authenticated by the range proof) can name an entry.
+@pytest.fixture(params=["per-entry proofs", "leaf list only"])
+def audited(
+    make_connector: Callable[..., Participant],
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
+) -> tuple[Participant, Path]:
     """city's log: refusals and agreements with both signatures, witnessed twice by transit; its bundle."""
+    if request.param == "leaf list only":
+        monkeypatch.setattr(bundle_module, "INCLUSION_PROOF_LIMIT", 5)
     city, transit = make_connector("city"), make_connector("transit")
     trust_each_other([city, transit])
     space = InProcessDataspace({"city": city, "transit": transit})
@@ -59,6 +71,20 @@ def audited(make_connector: Callable[..., Participant], tmp_path: Path) -> tuple
 
 def _failures(path: Path, **options: Any) -> list[str]:
     return verify_bundle(path, **options).failures
+
+
+def _has_inclusion_proofs(path: Path) -> bool:
+    with zipfile.ZipFile(path) as zf:
+        return "inclusion" in json.loads(zf.read("proofs.json"))
+
+
+def _named(failures: list[str]) -> list[str]:
+    """The entries the failures name ("entry 7 (refusal at ...): ..." -> "entry 7")."""
+    return sorted(f.split(":")[0].split(" (")[0] for f in failures if f.startswith("entry "))
+
+
+def _without_leaves(name: str, data: bytes) -> bytes | None:
+    return None if name == "leaves.bin" else data
 
 
 def _lines_changed(change: Callable[[list[bytes]], list[bytes]]) -> Callable[[str, bytes], bytes]:
@@ -112,7 +138,10 @@ def test_an_untouched_bundle_verifies_with_its_cosignatures(audited: tuple[Parti
     text = report.render()
     assert "checkpoint 6: signed by the log, cosigned by" in text
     assert "checkpoint 13 extends checkpoint 6" in text
-    assert "13 inclusion proof(s) verify against checkpoint 13" in text
+    assert "leaves.bin: the 13 leaf hashes rebuild the root of checkpoint 13" in text
+    assert "all 13 entries are in checkpoint 13, in this order" in text
+    assert ("13 inclusion proof(s) verify against checkpoint 13" in text) == _has_inclusion_proofs(bundle)
+    assert not report.warnings, report.warnings
 
 
 def test_a_modified_entry_is_named(audited: tuple[Participant, Path], tmp_path: Path) -> None:
@@ -125,9 +154,17 @@ def test_a_modified_entry_is_named(audited: tuple[Participant, Path], tmp_path: 
 
     rezip(bundle, tampered, _lines_changed(modify))
     failures = _failures(tampered)
-    assert any(f.startswith("entry 3: its inclusion proof") for f in failures), failures
-    assert not any(f.startswith(("entry 2:", "entry 4:")) for f in failures)
-    assert any("do not rebuild the root of checkpoint 13" in f for f in failures)
+    assert len(failures) == 1, failures
+    assert failures[0].startswith("entry 3 (refusal at "), failures
+    assert failures[0].endswith(": does not hash to the log's leaf 3 in checkpoint 13 (modified)")
+
+    # A bundle from before leaves.bin: the entries no longer rebuild the root, and only an
+    # inclusion proof (small bundles) names the entry.
+    legacy = tmp_path / "legacy.zip"
+    rezip(tampered, legacy, _without_leaves)
+    failures = _failures(legacy)
+    assert any("do not rebuild the root of checkpoint 13" in f for f in failures), failures
+    assert _named(failures) == (["entry 3"] if _has_inclusion_proofs(bundle) else [])
 
 
 def test_a_deleted_entry_is_caught(audited: tuple[Participant, Path], tmp_path: Path) -> None:
@@ -136,7 +173,18 @@ def test_a_deleted_entry_is_caught(audited: tuple[Participant, Path], tmp_path: 
     rezip(bundle, tampered, _lines_changed(lambda lines: lines[:4] + lines[5:]))
     failures = _failures(tampered)
     assert any("holds 12 entries where the manifest says 13" in f for f in failures), failures
-    assert any(f.startswith("entry 4: its inclusion proof") for f in failures)
+    assert "entry 4: missing from the bundle (the log holds it in checkpoint 13; deleted?)" in failures
+    assert _named(failures) == ["entry 4"]
+
+    added = tmp_path / "added.zip"
+    rezip(bundle, added, _lines_changed(lambda lines: [*lines[:6], lines[2], *lines[6:]]))
+    failures = _failures(added)
+    assert any("holds 14 entries where the manifest says 13" in f for f in failures), failures
+    assert any(
+        f.startswith("entries.jsonl line 7 (refusal at ")
+        and f.endswith("not in the log before entry 6 (added)")
+        for f in failures
+    ), failures
 
 
 def test_two_swapped_entries_are_both_named(audited: tuple[Participant, Path], tmp_path: Path) -> None:
@@ -149,8 +197,22 @@ def test_two_swapped_entries_are_both_named(audited: tuple[Participant, Path], t
 
     rezip(bundle, tampered, _lines_changed(swap))
     failures = _failures(tampered)
-    named = sorted(f.split(":")[0] for f in failures if f.startswith("entry"))
-    assert named == ["entry 7", "entry 8"], failures
+    assert _named(failures) == ["entry 7", "entry 8"], failures
+    assert all("(entries 7 and 8 swapped)" in f for f in failures), failures
+    assert any(f.startswith("entry 7 (refusal at ") and "is the log's entry 8" in f for f in failures)
+
+    # Entry 5 is an agreement: moved to index 4, it is named by its id.
+    def swap_agreement(lines: list[bytes]) -> list[bytes]:
+        lines[4], lines[5] = lines[5], lines[4]
+        return lines
+
+    rezip(bundle, tampered, _lines_changed(swap_agreement))
+    failures = _failures(tampered)
+    assert _named(failures) == ["entry 4", "entry 5"], failures
+    assert any(
+        f.startswith("entry 4 (agreement.finalized agreementId urn:uuid:") and "is the log's entry 5" in f
+        for f in failures
+    ), failures
 
 
 def test_a_truncated_log_is_caught_even_with_a_matching_manifest(
@@ -173,7 +235,86 @@ def test_a_truncated_log_is_caught_even_with_a_matching_manifest(
     assert any("cannot be proven against checkpoint 13" in f or "do not rebuild" in f for f in failures), (
         failures
     )
-    assert any(f.startswith("entry 10: has an inclusion proof but is not in the bundle") for f in failures)
+    assert "leaves.bin does not hold exactly the 10 leaf hashes of entries 0..9 (more)" in failures
+    if _has_inclusion_proofs(bundle):
+        assert any(
+            f.startswith("entry 10: has an inclusion proof but is not in the bundle") for f in failures
+        )
+
+    # leaves.bin cut to match: the range proof (for 0..12) still does not fit the claimed range.
+    consistent = tmp_path / "consistent.zip"
+    rezip(
+        tampered,
+        consistent,
+        lambda name, data: data[: 10 * merkle.HASH_SIZE] if name == "leaves.bin" else data,
+    )
+    failures = _failures(consistent)
+    assert any(f.startswith("leaves.bin cannot be proven against checkpoint 13") for f in failures), failures
+
+    # Only the entries cut off (the manifest untouched): the missing ones are named.
+    cut = tmp_path / "cut.zip"
+    rezip(bundle, cut, _lines_changed(lambda lines: lines[:10]))
+    failures = _failures(cut)
+    assert any("holds 10 entries where the manifest says 13" in f for f in failures), failures
+    assert (
+        "entries 10..12 (3): missing from the bundle (the log holds them in checkpoint 13; deleted or cut off?)"
+        in failures
+    )
+
+
+def test_a_tampered_leaf_list_is_caught(audited: tuple[Participant, Path], tmp_path: Path) -> None:
+    _, bundle = audited
+    with zipfile.ZipFile(bundle) as zf:
+        leaves = bytearray(zf.read("leaves.bin"))
+        lines = zf.read("entries.jsonl").splitlines()
+    assert len(leaves) == 13 * merkle.HASH_SIZE
+    assert bytes(leaves[:32]) == merkle.leaf_hash(lines[0])
+
+    # One listed hash changed: the list no longer rebuilds the root; the entries themselves still do.
+    flipped = bytearray(leaves)
+    flipped[5 * 32] ^= 1
+    tampered = tmp_path / "t.zip"
+    rezip(bundle, tampered, lambda name, data: bytes(flipped) if name == "leaves.bin" else data)
+    report = verify_bundle(tampered)
+    assert report.failures == [
+        "the leaf hashes in leaves.bin do not rebuild the root of checkpoint 13: "
+        "the list was altered (the entries are checked against the range proof instead)"
+    ]
+    assert "all 13 entries are in checkpoint 13, in this order" in report.render()
+
+    # An entry modified and its listed hash changed to match: both the list and the entries fail.
+    changed = lines[3].replace(b"refusal number 3", b"refusal number 9")
+    matching = bytearray(leaves)
+    matching[3 * 32 : 4 * 32] = merkle.leaf_hash(changed)
+
+    def both(name: str, data: bytes) -> bytes:
+        if name == "leaves.bin":
+            return bytes(matching)
+        if name == "entries.jsonl":
+            return b"".join(line + b"\n" for line in [*lines[:3], changed, *lines[4:]])
+        return data
+
+    rezip(bundle, tampered, both)
+    failures = _failures(tampered)
+    assert any(f.startswith("the leaf hashes in leaves.bin do not rebuild") for f in failures), failures
+    assert any("entries 0..12 do not rebuild the root of checkpoint 13" in f for f in failures), failures
+
+    # Too many bytes (a bomb is read only as far as the manifest's range needs).
+    rezip(bundle, tampered, lambda name, data: b"\0" * (64 * 1024 * 1024) if name == "leaves.bin" else data)
+    failures = _failures(tampered)
+    assert "leaves.bin does not hold exactly the 13 leaf hashes of entries 0..12 (more)" in failures
+
+
+def test_a_bundle_without_a_leaf_list_is_checked_as_before(
+    audited: tuple[Participant, Path], tmp_path: Path
+) -> None:
+    _, bundle = audited
+    legacy = tmp_path / "legacy.zip"
+    rezip(bundle, legacy, _without_leaves)
+    report = verify_bundle(legacy)
+    assert report.ok, report.render()
+    assert "all 13 entries are in checkpoint 13, in this order" in report.render()
+    assert any(w.startswith("no leaves.bin (a bundle from an older exporter)") for w in report.warnings)
 
 
 def test_a_history_rewritten_and_resigned_is_caught(

@@ -4,10 +4,17 @@ Checks, in order: the zip is a bundle of sane size (every member's size is cappe
 reading stops at the cap, so a zip bomb costs nothing); every checkpoint note carries the
 log's valid signature (key name = origin) and every cosignature by a key in ``keys.json``
 verifies; consecutive checkpoints are consistent; every entry is canonical JSON (RFC 8785)
-of a known shape; the entries, with the range proof, rebuild the newest checkpoint's root;
-each entry's inclusion proof verifies (when the bundle has them, which names the entry that
-fails); every finalized agreement's document hashes to what the entry says and both
-signatures verify with the parties' keys.
+of a known shape; the log's leaf hashes (``leaves.bin``), with the range proof, rebuild the
+newest checkpoint's root, which authenticates that list, and each entry hashes to the listed
+hash at its index (so a modified, missing, added or swapped entry is named, whatever the
+bundle's size); the inclusion proofs, when the bundle has them, verify; every finalized
+agreement's document hashes to what the entry says and both signatures verify with the
+parties' keys.
+
+A bundle without ``leaves.bin`` (from an exporter before it) is checked as before: the entries
+themselves must rebuild the root with the range proof, and only the per-entry inclusion proofs
+(bundles of at most 10,000 entries) name the entry that fails. A ``leaves.bin`` that does not
+authenticate is a failure of its own, and the entries are then checked that older way.
 
 ``verify_bundle`` returns a ``Report``: what passed, what failed (naming entries and
 checkpoints), and warnings (e.g. a checkpoint no witness cosigned). ``BundleError`` is a
@@ -24,9 +31,10 @@ import json
 import threading
 import zipfile
 from collections import Counter
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, overload
 
 import rfc8785
 
@@ -56,8 +64,11 @@ LIMITS = {  # bytes, uncompressed
     "keys.json": 16 * 1024 * 1024,
 }
 MAX_ENTRY_LINE = 64 * 1024 + 1
-MAX_BUNDLE_ENTRIES = 10_000_000  # ~1 GB of leaf hashes held while checking
+MAX_BUNDLE_ENTRIES = 10_000_000  # 2 x 320 MB of leaf hashes (the entries' and the listed) held while checking
+LIMITS["leaves.bin"] = MAX_BUNDLE_ENTRIES * merkle.HASH_SIZE
 MAX_NAMED_FAILURES = 50
+# How far ahead a missing or added entry is looked for before a difference is called a modification.
+ALIGN_WINDOW = 16
 
 
 class BundleError(ValueError):
@@ -375,11 +386,17 @@ def _verify(zf: zipfile.ZipFile, min_cosignatures: int) -> Report:
     if not isinstance(agreements, dict):
         raise BundleError("agreements.json is not an object")
 
-    leaves, agreement_count = _check_entries(zf, report, agreements, jwks)
-    if newest is not None and newest.size == report.tree_size and len(leaves) == report.end - report.start:
-        _check_range(report, leaves, proofs, newest)
+    listed = _listed_leaves(zf, report)
+    found, agreement_count = _check_entries(zf, report, agreements, jwks)
+    proven: _Hashes | None = None  # the log's leaf hashes, once authenticated by the newest root
+    if newest is not None and newest.size == report.tree_size:
+        if listed is not None and _authenticated(report, listed, proofs, newest):
+            proven = listed
+            _compare(zf, report, found, listed, newest)
+        elif len(found) == report.end - report.start:
+            _check_range(report, found, proofs, newest)
     if newest is not None and isinstance(proofs.get("inclusion"), list):
-        _check_inclusions(report, leaves, proofs["inclusion"], newest)
+        _check_inclusions(report, found if proven is None else proven, proofs["inclusion"], newest)
     if agreement_count:
         report.passed.append(f"{agreement_count} agreement(s): documents match the log, signatures verify")
     return report
@@ -408,8 +425,10 @@ def _check_receipt(entry: dict[str, Any], jwks: dict[str, Any]) -> str | None:
 
 def _check_entries(
     zf: zipfile.ZipFile, report: Report, agreements: dict[str, Any], jwks: dict[str, Any]
-) -> tuple[list[bytes], int]:
-    leaves: list[bytes] = []
+) -> tuple[_Hashes, int]:
+    """Check each entry on its own; return the leaf hashes of the lines, in file order."""
+    hashes = bytearray()
+    count = 0
     agreement_count = 0
     receipts = _ReceiptCount()
     expected = report.end - report.start
@@ -419,8 +438,8 @@ def _check_entries(
             line = stream.readline(MAX_ENTRY_LINE)
             if not line:
                 break
-            index = report.start + len(leaves)
-            if len(leaves) > expected:
+            index = report.start + count
+            if count > expected:
                 report.fail(f"entries.jsonl holds more than the {expected} entries the manifest names")
                 break
             if not line.endswith(b"\n"):
@@ -428,7 +447,8 @@ def _check_entries(
                     raise BundleError(f"entry {index} is longer than {MAX_ENTRY_LINE - 1} bytes")
                 report.fail(f"entry {index}: the last line has no newline (truncated file?)")
             data = line.rstrip(b"\n")
-            leaves.append(merkle.leaf_hash(data))
+            hashes += merkle.leaf_hash(data)
+            count += 1
             entry, problem = _entry_problem(data)
             kind = str(entry.get("kind")) if entry else "?"
             report.kinds[kind] += 1
@@ -451,15 +471,15 @@ def _check_entries(
     if receipts.checked > receipts.failed:
         good = receipts.checked - receipts.failed
         report.passed.append(f"{good} transfer receipt(s): the counter-party's signatures verify")
-    if len(leaves) != expected:
+    if count != expected:
         report.fail(
-            f"the bundle holds {len(leaves)} entries where the manifest says {expected} "
+            f"the bundle holds {count} entries where the manifest says {expected} "
             f"(entries {report.start}..{report.end - 1}): entries were deleted or added"
         )
-    return leaves, agreement_count
+    return _Hashes(bytes(hashes)), agreement_count
 
 
-def _check_range(report: Report, leaves: list[bytes], proofs: dict[str, Any], newest: Checkpoint) -> None:
+def _check_range(report: Report, leaves: _Hashes, proofs: dict[str, Any], newest: Checkpoint) -> None:
     if report.end == report.start:
         return
     try:
@@ -478,7 +498,7 @@ def _check_range(report: Report, leaves: list[bytes], proofs: dict[str, Any], ne
         report.passed.append(f"all {len(leaves)} entries are in checkpoint {newest.size}, in this order")
 
 
-def _check_inclusions(report: Report, leaves: list[bytes], items: list[Any], newest: Checkpoint) -> None:
+def _check_inclusions(report: Report, leaves: _Hashes, items: list[Any], newest: Checkpoint) -> None:
     failed = 0
     checked = 0
     for item in items:
@@ -504,3 +524,231 @@ def _check_inclusions(report: Report, leaves: list[bytes], items: list[Any], new
             report.fail(f"entry {index}: its inclusion proof in checkpoint {newest.size} fails: {exc}")
     if not failed:
         report.passed.append(f"{checked} inclusion proof(s) verify against checkpoint {newest.size}")
+
+
+class _Hashes(Sequence[bytes]):
+    """32-byte hashes packed in one ``bytes``: less than half the memory of a list of them."""
+
+    def __init__(self, data: bytes, first: int = 0, count: int | None = None) -> None:
+        self.data, self.first = data, first
+        self.length = len(data) // merkle.HASH_SIZE - first if count is None else count
+
+    def __len__(self) -> int:
+        return self.length
+
+    @overload
+    def __getitem__(self, key: int) -> bytes: ...
+    @overload
+    def __getitem__(self, key: slice) -> _Hashes: ...
+    def __getitem__(self, key: int | slice) -> bytes | _Hashes:
+        if isinstance(key, slice):
+            lo, hi, step = key.indices(self.length)
+            if step != 1:
+                raise ValueError("only contiguous slices")
+            return _Hashes(self.data, self.first + lo, max(0, hi - lo))
+        if not 0 <= key < self.length:
+            raise IndexError(key)
+        at = (self.first + key) * merkle.HASH_SIZE
+        return self.data[at : at + merkle.HASH_SIZE]
+
+    def __iter__(self) -> Iterator[bytes]:
+        data, size = self.data, merkle.HASH_SIZE
+        for at in range(self.first * size, (self.first + self.length) * size, size):
+            yield data[at : at + size]
+
+
+def _listed_leaves(zf: zipfile.ZipFile, report: Report) -> _Hashes | None:
+    """The log's leaf hashes the bundle lists (not yet authenticated), or None without them."""
+    if "leaves.bin" not in zf.namelist():
+        report.warnings.append(
+            "no leaves.bin (a bundle from an older exporter): an entry that fails is named only "
+            "by its inclusion proof, which bundles of more than 10,000 entries do not carry"
+        )
+        return None
+    expected = (report.end - report.start) * merkle.HASH_SIZE
+    stream = _read_member(zf, "leaves.bin")
+    try:
+        data = stream.read(expected + 1)  # never more than the manifest's range needs
+    finally:
+        stream.close()
+    if len(data) != expected:
+        report.fail(
+            f"leaves.bin does not hold exactly the {report.end - report.start} leaf hashes of entries "
+            f"{report.start}..{report.end - 1} ({'more' if len(data) > expected else f'{len(data)} bytes'})"
+        )
+        return None
+    return _Hashes(data)
+
+
+def _authenticated(report: Report, listed: _Hashes, proofs: dict[str, Any], newest: Checkpoint) -> bool:
+    """Do the listed leaf hashes, with the range proof, rebuild the newest checkpoint's root?"""
+    if report.end == report.start:
+        return True
+    try:
+        rebuilt = merkle.root_from_range(
+            report.start, report.end, newest.size, listed, _b64_list(proofs.get("range"), "the range proof")
+        )
+    except merkle.ProofError as exc:
+        report.fail(f"leaves.bin cannot be proven against checkpoint {newest.size}: {exc}")
+        return False
+    if rebuilt != newest.root:
+        report.fail(
+            f"the leaf hashes in leaves.bin do not rebuild the root of checkpoint {newest.size}: "
+            "the list was altered (the entries are checked against the range proof instead)"
+        )
+        return False
+    report.passed.append(
+        f"leaves.bin: the {len(listed)} leaf hashes rebuild the root of checkpoint {newest.size}"
+    )
+    return True
+
+
+@dataclass(frozen=True)
+class _Difference:
+    """Where the bundle's entries part from the log's: ``at`` indexes the log, ``line`` the file."""
+
+    what: str  # modified, swapped, missing, added
+    at: int
+    line: int
+    count: int = 1
+
+
+def _same_run(a: bytes, i: int, b: bytes, p: int) -> int:
+    """How many hashes from a[i] and b[p] on are equal: chunks that double, then halve (memcmp speed)."""
+    h = merkle.HASH_SIZE
+    most = min(len(a) // h - i, len(b) // h - p)
+
+    def equal(lo: int, hi: int) -> bool:  # hashes [lo, hi) of the run
+        return a[(i + lo) * h : (i + hi) * h] == b[(p + lo) * h : (p + hi) * h]
+
+    good, step = 0, 1
+    while good < most and equal(good, min(good + step, most)):
+        good, step = min(good + step, most), step * 2
+    while step > 1 and good < most:
+        step //= 2
+        if good + step <= most and equal(good, good + step):
+            good += step
+    return good
+
+
+def _differences(found: _Hashes, listed: _Hashes) -> list[_Difference]:
+    """Align the entries' hashes with the log's: swaps, then gaps and insertions within a window."""
+    out: list[_Difference] = []
+    i = p = 0
+    nf, nl = len(found), len(listed)
+    while i < nf and p < nl and len(out) <= MAX_NAMED_FAILURES:
+        run = _same_run(found.data, i, listed.data, p)
+        i, p = i + run, p + run
+        if i >= nf or p >= nl:
+            break
+        here = found[i]
+        if i + 1 < nf and p + 1 < nl and here == listed[p + 1] and found[i + 1] == listed[p]:
+            out.append(_Difference("swapped", p, i, 2))
+            i, p = i + 2, p + 2
+            continue
+        gap = next((k for k in range(1, ALIGN_WINDOW + 1) if p + k < nl and here == listed[p + k]), 0)
+        if gap:
+            out.append(_Difference("missing", p, i, gap))
+            p += gap
+            continue
+        extra = next((k for k in range(1, ALIGN_WINDOW + 1) if i + k < nf and found[i + k] == listed[p]), 0)
+        if extra:
+            out.append(_Difference("added", p, i, extra))
+            i += extra
+            continue
+        out.append(_Difference("modified", p, i))
+        i, p = i + 1, p + 1
+    if len(out) <= MAX_NAMED_FAILURES:
+        if p < nl:
+            out.append(_Difference("missing", p, i, nl - p))
+        if i < nf:
+            out.append(_Difference("added", p, i, nf - i))
+    return out
+
+
+_ID_FIELDS = ("transferId", "agreementId", "negotiationId", "member")
+
+
+def _describe(line: bytes) -> str:
+    """What an entry line says it is: its kind and an id (or its time), for a person to find it."""
+    try:
+        entry = json.loads(line)
+    except (ValueError, RecursionError):
+        return "not JSON"
+    if not isinstance(entry, dict):
+        return "not a JSON object"
+    kind = entry.get("kind")
+    label = kind[:64] if isinstance(kind, str) else "?"
+    for name in _ID_FIELDS:
+        value = entry.get(name)
+        if isinstance(value, str):
+            return f"{label} {name} {value[:200]}"
+    moment = entry.get("time")
+    return f"{label} at {moment[:40]}" if isinstance(moment, str) else label
+
+
+def _lines_at(zf: zipfile.ZipFile, wanted: set[int]) -> dict[int, str]:
+    """Descriptions of the entry lines at these positions (a second read, only when something differs)."""
+    found: dict[int, str] = {}
+    last = max(wanted, default=-1)
+    stream = _read_member(zf, "entries.jsonl")
+    try:
+        for position in range(last + 1):
+            line = stream.readline(MAX_ENTRY_LINE)
+            if not line:
+                break
+            if position in wanted:
+                found[position] = _describe(line.rstrip(b"\n"))
+    finally:
+        stream.close()
+    return found
+
+
+def _compare(
+    zf: zipfile.ZipFile, report: Report, found: _Hashes, listed: _Hashes, newest: Checkpoint
+) -> None:
+    """Each entry against the authenticated leaf hash at its index; every difference named."""
+    if found.data == listed.data:
+        if not listed:
+            return  # an empty range: nothing to place
+        report.passed.append(f"all {len(found)} entries are in checkpoint {newest.size}, in this order")
+        return
+    differences = _differences(found, listed)
+    wanted = {d.line + k for d in differences if d.what != "missing" for k in range(min(d.count, 2))}
+    lines = _lines_at(zf, wanted)
+    start, size = report.start, newest.size
+
+    def entry(index: int, line: int) -> str:
+        return f"entry {start + index}" + (f" ({lines[line]})" if line in lines else "")
+
+    for d in differences:
+        at = start + d.at
+        if d.what == "modified":
+            report.fail(
+                f"{entry(d.at, d.line)}: does not hash to the log's leaf {at} in checkpoint {size} (modified)"
+            )
+        elif d.what == "swapped":
+            report.fail(
+                f"{entry(d.at, d.line)}: is the log's entry {at + 1} (entries {at} and {at + 1} swapped)"
+            )
+            report.fail(
+                f"{entry(d.at + 1, d.line + 1)}: is the log's entry {at} (entries {at} and {at + 1} swapped)"
+            )
+        elif d.what == "missing" and d.count == 1:
+            report.fail(
+                f"entry {at}: missing from the bundle (the log holds it in checkpoint {size}; deleted?)"
+            )
+        elif d.what == "missing":
+            report.fail(
+                f"entries {at}..{at + d.count - 1} ({d.count}): missing from the bundle "
+                f"(the log holds them in checkpoint {size}; deleted or cut off?)"
+            )
+        else:
+            report.fail(
+                f"entries.jsonl line {d.line + 1}"
+                + (f" ({lines[d.line]})" if d.line in lines else "")
+                + f": not in the log before entry {at} (added"
+                + (f", with the {d.count - 1} line(s) after it)" if d.count > 1 else ")")
+            )
+    if len(differences) > MAX_NAMED_FAILURES:
+        report.fail("... (further differences from the log not listed)")

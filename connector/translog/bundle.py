@@ -7,20 +7,27 @@ A bundle is a zip file (format ``tessera-transfer-log-bundle/1``):
     index range), ``treeSize`` (the size of the newest checkpoint) and counts.
 ``entries.jsonl``
     the entries ``start .. end-1``, one per line, each exactly the canonical JSON bytes of its leaf.
+``leaves.bin``
+    the log's leaf hashes of the same entries, 32 bytes each, concatenated in index order (stored,
+    not deflated: hashes do not compress). With the range proof they rebuild the newest root, which
+    authenticates the list; each entry is then compared with the hash at its index, so a failure
+    names the entry whatever the bundle's size. Added in the same format version: a verifier that
+    does not know it ignores it, and a bundle without it is checked as before (range proof only).
 ``checkpoints.json``
     the signed checkpoints of the range plus a fresh one (ascending sizes), each a signed note
     with every witness cosignature we hold.
 ``proofs.json``
     ``consistency``: a proof between each pair of consecutive checkpoints; ``range``: the hashes
     that, with the entries, rebuild the root of the newest checkpoint; ``inclusion``: one
-    inclusion proof per entry (for bundles of at most ``INCLUSION_PROOF_LIMIT`` entries) so a
-    failure can be pinned to the entry.
+    inclusion proof per entry (for bundles of at most ``INCLUSION_PROOF_LIMIT`` entries), kept for
+    verifiers that predate ``leaves.bin``.
 ``agreements.json``
     the agreements the entries name (the documents as signed, with both signatures).
 ``keys.json``
     DID -> {"publicKeyJwk", "didDocument"?}: the log's key and every member's (witnesses, parties).
 
-``write_bundle`` streams the entries (pages of ``PAGE`` rows), so memory stays flat whatever the range.
+``write_bundle`` streams the entries (pages of ``PAGE`` rows) and spools their leaf hashes to a
+temporary file (a zip is written one member at a time), so memory stays flat whatever the range.
 """
 
 from __future__ import annotations
@@ -28,6 +35,8 @@ from __future__ import annotations
 import base64
 import itertools
 import json
+import shutil
+import tempfile
 import time
 import zipfile
 from collections.abc import Iterator
@@ -126,11 +135,18 @@ def write_bundle(
         start = min(start, end)
         checkpoints = _checkpoints(conn, origin, from_ms, to_ms, newest)
         agreement_ids: set[str] = set()
-        with zf.open("entries.jsonl", "w", force_zip64=True) as sink:
-            for stored in _entry_lines(conn, start, end):
-                sink.write(stored.entry + b"\n")
-                if stored.kind == AGREEMENT_FINALIZED:
-                    agreement_ids.add(json.loads(stored.entry)["agreementId"])
+        with tempfile.TemporaryFile() as leaves:
+            with zf.open("entries.jsonl", "w", force_zip64=True) as sink:
+                for stored in _entry_lines(conn, start, end):
+                    sink.write(stored.entry + b"\n")
+                    leaves.write(stored.leaf_hash)  # the hash the tree holds, not one recomputed here
+                    if stored.kind == AGREEMENT_FINALIZED:
+                        agreement_ids.add(json.loads(stored.entry)["agreementId"])
+            leaves.seek(0)
+            info = zipfile.ZipInfo("leaves.bin", date_time=time.localtime()[:6])
+            info.compress_type = zipfile.ZIP_STORED
+            with zf.open(info, "w", force_zip64=True) as sink:
+                shutil.copyfileobj(leaves, sink)
         nodes = store.DatabaseNodes(conn)
         proofs: dict[str, Any] = {
             "consistency": [
