@@ -114,6 +114,7 @@ def negotiation_router() -> APIRouter:
             core = service_core(request)
 
             def apply() -> tuple[NegotiationRow, bool]:
+                session.expire_on_commit = False  # the answer reads only what this request wrote
                 row = find_by_pid(session, pid, peer.did)
                 if not is_repeat(session, row, kind, message):  # a repeat waits for nothing
                     row = take_implied_delivery(session, settle(session, row, kind), kind, message)
@@ -156,6 +157,7 @@ def negotiation_router() -> APIRouter:
             raise _error(400, "an initial request has no providerPid; send it to /negotiations/{providerPid}/request",
                          message.get("providerPid"), message.get("consumerPid"))  # fmt: skip
         core = service_core(request)
+        session.expire_on_commit = False  # the answer reads only what this request wrote
         try:
             row = await run_in_threadpool(provider_receive_initial_request, session, core, peer, message)
         except NegotiationError as exc:

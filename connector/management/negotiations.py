@@ -170,6 +170,7 @@ def negotiations_router() -> APIRouter:
                 approval,
             )
         core = service_core(request)
+        session.expire_on_commit = False  # the answer reads only what this request wrote
         try:
             row = await run_in_threadpool(
                 consumer_start, session, core, counter_party, address, offer, str(approval)
