@@ -17,9 +17,7 @@ from connector.translog.models import (
     LogAlertRow,
     LogCheckpointRow,
     LogCosignatureRow,
-    LogHeadRow,
     LogLeafRow,
-    LogNodeRow,
     WitnessedLogRow,
 )
 from contracts.models import AgreementRow, CasbinRuleRow, NegotiationRow, PolicyEngineVersionRow
@@ -43,8 +41,6 @@ metadata = metadata_of(
         PolicyEngineVersionRow,
         TransferRow,
         LogLeafRow,
-        LogNodeRow,
-        LogHeadRow,
         LogCheckpointRow,
         LogCosignatureRow,
         WitnessedLogRow,
