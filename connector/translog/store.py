@@ -7,15 +7,14 @@ read from the rows that completed its subtrees. An append writes one row and not
 a commit writes the table's last page and the leaf-hash index's page.
 
 Each engine remembers the head it last wrote (size, frontier, chain, time): a guess, never
-trusted. The append inserts its first row with ``INSERT ... SELECT ... WHERE`` the row before
-it carries the guessed chain, ``ON CONFLICT DO NOTHING``: the primary key refuses a taken
-index and the chain (a hash over every leaf hash) refuses a different history, so a stale
-guess (another writer appended, a transaction rolled back) inserts nothing and the append
-reads the real head and tries again. On SQLite the first write takes the database's writer
-lock, so the second try cannot lose; on PostgreSQL every append first takes a transaction
-advisory lock, which queues appenders in other processes until the appending transaction
-ends. Appends run in the caller's transaction, so an entry is written exactly when the state
-change it records is committed.
+trusted. Appends are serialised first: on SQLite by the database's writer lock (taken before
+the append reads anything), on PostgreSQL by a transaction advisory lock, which queues
+appenders in other processes until the appending transaction ends. The first row then goes
+in only if the row before it carries the guessed chain (a hash over every leaf hash, so a
+different history fails the check) and its index is free (the primary key): a stale guess
+(another writer appended, a transaction rolled back) inserts nothing, and the append reads
+the real head and inserts again. Appends run in the caller's transaction, so an entry is
+written exactly when the state change it records is committed.
 
 Entry times never decrease along the log (an append logs at least the previous entry's time),
 so a time range is found by binary search on the index. Proofs read every hash they need and
@@ -25,6 +24,7 @@ the log's size in one query.
 from __future__ import annotations
 
 import hashlib
+import sqlite3
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -72,12 +72,12 @@ class _Head:
     """The log's state after its last entry: what the next append builds on."""
 
     size: int
-    frontier: tuple[bytes, ...]  # the complete subtrees of the right edge, largest first
+    frontier: list[bytes]  # the complete subtrees of the right edge, largest first (never mutated)
     chain: bytes  # the last row's chain (b"" for the empty log)
     time: int  # the last entry's time, epoch ms (0 for the empty log)
 
 
-_EMPTY = _Head(0, (), b"", 0)
+_EMPTY = _Head(0, [], b"", 0)
 
 
 def _connection(target: Session | Connection) -> Connection:
@@ -114,6 +114,7 @@ _APPEND_SQL = {
     # The rest of the append's rows: the head is ours until the transaction ends.
     "leaf": f"INSERT INTO transfer_log_leaf ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",  # noqa: S608 - constants
     "last": "SELECT idx, chain, created_at FROM transfer_log_leaf ORDER BY idx DESC LIMIT 1",
+    "chain": "SELECT chain FROM transfer_log_leaf WHERE idx = ?",
     "lock": f"SELECT pg_advisory_xact_lock({_APPEND_LOCK})",
 }
 _PERCENT_SQL = {name: statement.replace("?", "%s") for name, statement in _APPEND_SQL.items()}
@@ -146,7 +147,7 @@ def _read_head(conn: Connection, cursor: Any, sql: dict[str, str]) -> _Head:
     coords = merkle.subtrees_of(0, size)
     found = _read_nodes(conn, coords, with_head=False)[1]
     try:
-        frontier = tuple(found[c] for c in coords)
+        frontier = [found[c] for c in coords]
     except KeyError as missing:
         raise LookupError(f"the log lacks the subtree {missing.args[0]}") from None
     return _Head(size, frontier, bytes(last[1]), int(last[2]))
@@ -159,14 +160,14 @@ def _rows(
     when = max(now, head.time)  # never before the previous entry: time ranges stay binary-searchable
     if when != now:
         canonical = [canonical_entry(kind, fields, when) for kind, fields in items]
-    frontier, chain, rows = list(head.frontier), head.chain, []
+    frontier, chain, rows = head.frontier, head.chain, []
     for offset, ((kind, _), data) in enumerate(zip(items, canonical, strict=True)):
         hashed = merkle.leaf_hash(data)
         frontier, completed = merkle.frontier_after(frontier, head.size + offset, hashed)
         chain = chain_after(chain, hashed)
-        nodes = b"".join(h for _, h in completed)
+        nodes = b"".join([h for _, h in completed])
         rows.append((head.size + offset, hashed, nodes, chain, data.decode(), kind, when))
-    return rows, _Head(head.size + len(items), tuple(frontier), chain, when)
+    return rows, _Head(head.size + len(items), frontier, chain, when)
 
 
 def append_entries(
@@ -191,21 +192,8 @@ def append_entries(
     # per-statement bookkeeping cost more than the statements themselves.
     cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
     try:
-        if sql is _PERCENT_SQL:
-            cursor.execute(sql["lock"])
-        for _ in range(_ATTEMPTS):
-            if head is None:
-                head = _read_head(conn, cursor, sql)
-            rows, after = _rows(head, items, canonical, now)
-            if head.size == 0:
-                cursor.execute(sql["first"], rows[0])
-            else:
-                cursor.execute(sql["after"], (*rows[0], head.size - 1, head.chain))
-            if cursor.rowcount == 1:
-                break
-            head = None  # the guess was stale: read the head (on SQLite this write now holds the lock)
-        else:
-            raise RuntimeError(f"the transfer log's head moved during {_ATTEMPTS} attempts to append")
+        place = _place_sqlite if sql is _APPEND_SQL else _place_postgres
+        rows, after = place(conn, cursor, sql, head, lambda h: _rows(h, items, canonical, now))
         if len(rows) == 2:
             cursor.execute(sql["leaf"], rows[1])
         elif len(rows) > 2:
@@ -214,6 +202,65 @@ def append_entries(
         cursor.close()
     _last_head[conn.engine] = after
     return [LeafReceipt(row[0], row[1], row[5], row[6]) for row in rows]
+
+
+_Build = Callable[[_Head], tuple[list[tuple[Any, ...]], _Head]]
+
+
+def _place_sqlite(
+    conn: Connection, cursor: Any, sql: dict[str, str], head: _Head | None, build: _Build
+) -> tuple[list[tuple[Any, ...]], _Head]:
+    """Insert the first row on SQLite; (the rows, the head after them).
+
+    The append holds the writer lock before it reads (``BEGIN IMMEDIATE`` unless the caller's
+    transaction has written already), so what it reads is current and cannot move. The guess
+    is checked by reading its last row's chain; if other writers appended after that row, the
+    primary key refuses the INSERT (a statement error: the transaction goes on) and the append
+    reads the head and inserts again.
+    """
+    if not cursor.connection.in_transaction:  # the caller's transaction has not written yet
+        cursor.execute("BEGIN IMMEDIATE")
+    for attempt in range(_ATTEMPTS):
+        if head is not None and head.size:
+            cursor.execute(sql["chain"], (head.size - 1,))
+            found = cursor.fetchone()
+            if found is None or found[0] != head.chain:
+                head = None
+        if head is None:
+            head = _read_head(conn, cursor, sql)
+        rows, after = build(head)
+        try:
+            cursor.execute(sql["leaf"], rows[0])
+        except sqlite3.IntegrityError:
+            if attempt == _ATTEMPTS - 1:
+                raise
+            head = None  # another writer took the index: read the head, now under the writer lock
+            continue
+        return rows, after
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _place_postgres(
+    conn: Connection, cursor: Any, sql: dict[str, str], head: _Head | None, build: _Build
+) -> tuple[list[tuple[Any, ...]], _Head]:
+    """Insert the first row on PostgreSQL under the append lock; (the rows, the head after them).
+
+    The INSERT's own WHERE checks the guessed chain and ON CONFLICT skips a taken index: an
+    error would abort the caller's transaction.
+    """
+    cursor.execute(sql["lock"])
+    for _ in range(_ATTEMPTS):
+        if head is None:
+            head = _read_head(conn, cursor, sql)
+        rows, after = build(head)
+        if head.size == 0:
+            cursor.execute(sql["first"], rows[0])
+        else:
+            cursor.execute(sql["after"], (*rows[0], head.size - 1, head.chain))
+        if cursor.rowcount == 1:
+            return rows, after
+        head = None  # the guess was stale: read the head as stored
+    raise RuntimeError(f"the transfer log's head moved during {_ATTEMPTS} attempts to append")
 
 
 def append_entry(target: Session | Connection, kind: str, fields: Mapping[str, Any]) -> LeafReceipt:
