@@ -32,12 +32,15 @@ depends_on: str | None = None
 CHUNK = 10_000
 HASH_SIZE = 32
 OLD = "transfer_log_leaf_0010"
+NEW = "transfer_log_leaf_0011"
 
 LEAF = sa.table(
     "transfer_log_leaf",
     *(sa.column(c) for c in ("idx", "leaf_hash", "nodes", "chain", "entry", "kind", "created_at")),
 )
-OLD_LEAF = sa.table(OLD, *(sa.column(c) for c in ("idx", "leaf_hash", "entry", "kind", "created_at")))
+OLD_LEAF = sa.table(
+    "transfer_log_leaf", *(sa.column(c) for c in ("idx", "leaf_hash", "entry", "kind", "created_at"))
+)
 NODE = sa.table("transfer_log_node", sa.column("level"), sa.column("idx"), sa.column("hash"))
 HEAD = sa.table("transfer_log_head", sa.column("id"), sa.column("size"), sa.column("frontier"))
 
@@ -80,16 +83,9 @@ def _old_leaves(conn: sa.Connection) -> Iterator[Any]:  # rows of (idx, leaf_has
         start = int(rows[-1].idx) + 1
 
 
-def upgrade() -> None:
-    conn = op.get_bind()
-    with op.batch_alter_table("transfer_log_leaf", schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f("ix_transfer_log_leaf_leaf_hash"))
-        batch_op.drop_index(batch_op.f("ix_transfer_log_leaf_created_at"))
-    op.rename_table("transfer_log_leaf", OLD)
-    if conn.dialect.name == "postgresql":  # the key's index keeps its name: free it for the new table
-        op.execute(f"ALTER INDEX transfer_log_leaf_pkey RENAME TO {OLD}_pkey")
+def _create_leaf_table(name: str) -> None:
     op.create_table(
-        "transfer_log_leaf",
+        name,
         # INTEGER on SQLite: the key is the rowid, no separate index to write per append.
         sa.Column(
             "idx", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), autoincrement=False, nullable=False
@@ -103,6 +99,9 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("idx"),
     )
 
+
+def _copy(conn: sa.Connection, target: sa.TableClause) -> None:
+    """Every old row into ``target`` in the new layout; RuntimeError when the old log is not whole."""
     expected, chain, clock, batch = 0, b"", 0, []
     nodes: dict[tuple[int, int], bytes] = {}
     for row in _old_leaves(conn):
@@ -132,18 +131,33 @@ def upgrade() -> None:
             }
         )
         if len(batch) == CHUNK:
-            conn.execute(LEAF.insert(), batch)
+            conn.execute(target.insert(), batch)
             batch = []
         expected += 1
     if batch:
-        conn.execute(LEAF.insert(), batch)
+        conn.execute(target.insert(), batch)
     head = conn.execute(sa.select(HEAD.c.size).where(HEAD.c.id == 1)).first()
     if head is not None and int(head.size) != expected:
         raise RuntimeError(f"transfer_log_head says {head.size} entries, transfer_log_leaf holds {expected}")
 
-    op.drop_table(OLD)
+
+def upgrade() -> None:
+    conn = op.get_bind()
+    # The new rows go into a table of their own first: SQLite runs DDL outside the transaction,
+    # so nothing old is dropped until the whole log has been copied and checked (a failed
+    # attempt may leave that table behind, empty: the next attempt starts by dropping it).
+    op.execute(f"DROP TABLE IF EXISTS {NEW}")
+    _create_leaf_table(NEW)
+    _copy(conn, sa.table(NEW, *(sa.column(c.name) for c in LEAF.c)))
+    with op.batch_alter_table("transfer_log_leaf", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_transfer_log_leaf_leaf_hash"))
+        batch_op.drop_index(batch_op.f("ix_transfer_log_leaf_created_at"))
+    op.drop_table("transfer_log_leaf")
     op.drop_table("transfer_log_node")
     op.drop_table("transfer_log_head")
+    op.rename_table(NEW, "transfer_log_leaf")
+    if conn.dialect.name == "postgresql":  # the key's index keeps the name it was created with
+        op.execute(f"ALTER INDEX {NEW}_pkey RENAME TO transfer_log_leaf_pkey")
     with op.batch_alter_table("transfer_log_leaf", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_transfer_log_leaf_leaf_hash"), ["leaf_hash"], unique=False)
 
