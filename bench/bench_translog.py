@@ -1,7 +1,7 @@
 """The transfer log: durable appends, proofs at 1,000,000 entries, offline verification of a 1,000,000-entry bundle.
 
 Appends (SQLite, and PostgreSQL when a server answers): ``append_entry`` committed one per
-transaction, ``append_entries`` in transactions of 100 (what a caller logging several events
+transaction (and, on SQLite, the write-ahead-log pages each such commit writes, beside the raw insert's), ``append_entries`` in transactions of 100 (what a caller logging several events
 at once gets), and ``append_entry`` calls inside a caller's transaction. Baselines in the same
 run, on the same database, alternated with the figures round by round: raw SHA-256 of the same
 entry bytes, and raw inserts of the same rows into a plain table through the same driver,
@@ -25,7 +25,7 @@ import os
 import random
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from sqlalchemy import Engine, text
@@ -163,14 +163,52 @@ def _appends(url: str, count: int) -> dict[str, float]:
         # Per second of this thread's CPU (user + system, so the writes of a commit count; time
         # spent waiting for a CPU or a disk does not): what one free core would sustain.
         figures |= {f"{name}_cpu": _rate(done[name], t) for name, t in cpu_seconds.items()}
+        if engine.dialect.name == "sqlite":
+            figures |= _wal_pages(engine, insert, row, raw_index)
         with engine.connect() as conn:  # what was appended is a correct tree
             size, root = store.tree_head(conn)
             entries = store.read_entries(conn, 0, size)
-        assert size == 3 * chunk * ROUNDS
+        assert size == 3 * chunk * ROUNDS + (WAL_SAMPLE if "ours_wal_pages" in figures else 0)
         assert merkle.root_of_leaves(merkle.leaf_hash(e.entry) for e in entries) == root
         return figures
     finally:
         engine.dispose()
+
+
+WAL_SAMPLE = 500  # committed appends (and raw inserts) whose write-ahead log growth is measured
+
+
+def _wal_pages(
+    engine: Engine, insert: str, row: tuple[object, ...], raw_index: Iterator[int]
+) -> dict[str, float]:
+    """SQLite WAL pages written per committed append and per committed raw insert (what a commit costs).
+
+    On one connection with automatic checkpoints off, after a checkpoint that empties the WAL: its
+    growth divided by the frame size (a page and its 24-byte header) is the pages written.
+    """
+    database = Path(str(engine.url.database))
+    wal = database.with_name(database.name + "-wal")
+    out: dict[str, float] = {}
+    with engine.connect() as conn:
+        page = int(conn.exec_driver_sql("PRAGMA page_size").scalar_one())
+        conn.exec_driver_sql("PRAGMA wal_autocheckpoint=0")
+        conn.commit()
+        for name in ("ours_wal_pages", "raw_wal_pages"):
+            conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+            conn.commit()
+            before = wal.stat().st_size
+            for _ in range(WAL_SAMPLE):
+                with conn.begin():
+                    if name == "ours_wal_pages":
+                        store.append_entry(conn, REFUSAL, FIELDS)
+                    else:
+                        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+                        cursor.execute(insert, (next(raw_index), *row))
+                        cursor.close()
+            out[name] = (wal.stat().st_size - before) / (page + 24) / WAL_SAMPLE
+        conn.exec_driver_sql("PRAGMA wal_autocheckpoint=1000")  # SQLite's default, as the connector runs
+        conn.commit()
+    return out
 
 
 def _bulk_log(url: str, size: int) -> None:
@@ -307,6 +345,10 @@ def run(quick: bool) -> BenchResult:
         f"transaction' = {count // ROUNDS} append_entry calls per commit (what a negotiation pays: its own "
         "commit carries the entry), beside as many single inserts per commit. 'Per CPU-second' divides by the "
         "benchmark thread's CPU time (user + system) instead of wall time: what one free core would sustain",
+        f"WAL pages: {WAL_SAMPLE} more appends and raw inserts, each committed, on one connection with automatic "
+        "checkpoints off after a checkpoint that empties the WAL; the WAL's growth over the frame size (page + 24 "
+        "bytes) per commit is what each commit writes (the leaf row's page, the leaf-hash index's page, and now "
+        "and then a split; the raw table's key is a separate index, so it writes two)",
         "durable = committed before the call returns. SQLite runs as the connector runs it: WAL mode, "
         "synchronous=NORMAL, default autocheckpoint: a commit survives a crash of the process at once; "
         "after a power loss or OS crash the database is intact but the last commits before the crash may be "
@@ -315,7 +357,7 @@ def run(quick: bool) -> BenchResult:
         "Every append's tree is checked against the entries afterwards",
         f"the {size:,}-entry log was bulk-inserted in {build:.1f} s (leaf rows with every complete subtree's hash); proofs "
         f"timed on {samples} random indexes/sizes after {WARM_UP} untimed ones, each inclusion proof verified; "
-        "a proof is one query (the head and every hash it needs) on an open connection",
+        "a proof is one query (the log's size and every row holding a hash it needs) on an open connection",
         f"the bundle: {bundle_bytes / 1e6:.1f} MB zip, entries + range proof + keys; verification re-hashes every "
         "entry, checks its canonical form and fields, rebuilds the root and checks the checkpoint's signature",
         "CPU time = time.thread_time of the proving thread (excludes time spent waiting for a CPU); the "
@@ -386,6 +428,18 @@ def run(quick: bool) -> BenchResult:
 
 
 def _append_figures(database: str, measured: dict[str, float]) -> list[Figure]:
+    wal = (
+        [
+            Figure(
+                f"{database} WAL pages written per append (one per transaction)",
+                measured["ours_wal_pages"],
+                "pages",
+                Measure("raw insert + commit per row", measured["raw_wal_pages"], "pages"),
+            )
+        ]
+        if "ours_wal_pages" in measured
+        else []
+    )
     return [
         Figure(
             f"{database} appends/s (one per transaction)",
@@ -412,6 +466,7 @@ def _append_figures(database: str, measured: dict[str, float]) -> list[Figure]:
             Measure("raw single-row inserts in one transaction", measured["raw_in_transaction"], PER_S),
         ),
         Figure(f"{database} raw SHA-256 of an entry", measured["sha256"], PER_S),
+        *wal,
     ]
 
 
