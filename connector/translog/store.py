@@ -106,29 +106,25 @@ def node_in_row(level: int, leaf_hash: bytes, nodes: bytes) -> bytes | None:
 # The append's SQL, written with qmark placeholders (rewritten to %s for PostgreSQL's driver).
 _COLUMNS = "idx, leaf_hash, nodes, chain, entry, kind, created_at"
 _APPEND_SQL = {
-    # The first row of an append, inserted only on top of the head the append built on.
-    "after": f"INSERT INTO transfer_log_leaf ({_COLUMNS}) SELECT ?, ?, ?, ?, ?, ?, ? "  # noqa: S608 - constants
-    "WHERE EXISTS (SELECT 1 FROM transfer_log_leaf WHERE idx = ? AND chain = ?) ON CONFLICT DO NOTHING",
-    "first": f"INSERT INTO transfer_log_leaf ({_COLUMNS}) SELECT ?, ?, ?, ?, ?, ?, ? "  # noqa: S608 - constants
-    "WHERE NOT EXISTS (SELECT 1 FROM transfer_log_leaf) ON CONFLICT DO NOTHING",
-    # The rest of the append's rows: the head is ours until the transaction ends.
     "leaf": f"INSERT INTO transfer_log_leaf ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",  # noqa: S608 - constants
     "last": "SELECT idx, chain, created_at FROM transfer_log_leaf ORDER BY idx DESC LIMIT 1",
     "chain": "SELECT chain FROM transfer_log_leaf WHERE idx = ?",
-    "lock": f"SELECT pg_advisory_xact_lock({_APPEND_LOCK})",
 }
 _PERCENT_SQL = {name: statement.replace("?", "%s") for name, statement in _APPEND_SQL.items()}
-# PostgreSQL types an untyped parameter in a SELECT list as text: cast the bytea ones.
-_PERCENT_SQL["after"] = _PERCENT_SQL["after"].replace(
-    "SELECT %s, %s, %s, %s, %s, %s, %s",
-    "SELECT %s::bigint, %s::bytea, %s::bytea, %s::bytea, %s, %s, %s::bigint",
+# PostgreSQL: the lock, and the first row inserted only on top of the head the append built on
+# (checked in the statement, since an error would abort the caller's transaction). A parameter
+# in a SELECT list is typed as text unless cast.
+_GUARDED = (
+    f"INSERT INTO transfer_log_leaf ({_COLUMNS}) "
+    "SELECT %s::bigint, %s::bytea, %s::bytea, %s::bytea, %s, %s, %s::bigint WHERE {} ON CONFLICT DO NOTHING"
 )
-_PERCENT_SQL["first"] = _PERCENT_SQL["first"].replace(
-    "SELECT %s, %s, %s, %s, %s, %s, %s",
-    "SELECT %s::bigint, %s::bytea, %s::bytea, %s::bytea, %s, %s, %s::bigint",
-)
+_PERCENT_SQL |= {
+    "lock": f"SELECT pg_advisory_xact_lock({_APPEND_LOCK})",
+    "after": _GUARDED.format("EXISTS (SELECT 1 FROM transfer_log_leaf WHERE idx = %s AND chain = %s)"),
+    "first": _GUARDED.format("NOT EXISTS (SELECT 1 FROM transfer_log_leaf)"),
+}
 
-# The head each engine last wrote: a guess, checked by the first row's INSERT (see the docstring).
+# The head each engine last wrote: a guess, checked before it is built on (see the docstring).
 _last_head: WeakKeyDictionary[Engine, _Head] = WeakKeyDictionary()
 
 
