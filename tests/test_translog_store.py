@@ -114,6 +114,30 @@ def test_entries_with_personal_data_or_unknown_fields_are_refused_and_write_noth
         engine.dispose()
 
 
+def test_appends_on_a_plain_connection_are_committed_by_its_commit_and_undone_by_its_rollback(
+    database_url: str,
+) -> None:
+    engine = migrated_engine(database_url)
+    try:
+        with engine.connect() as conn:  # no begin(): the append starts the connection's transaction
+            store.append_entry(conn, REFUSAL, refusal(0))
+            conn.commit()
+            store.append_entry(conn, REFUSAL, refusal(1))
+            conn.rollback()
+            store.append_entry(conn, REFUSAL, refusal(2))  # built on the real head, not on the undone entry
+            conn.commit()
+        tree = _recomputed(engine)
+        assert tree.size == 2
+        with engine.connect() as conn:
+            assert [json.loads(e.entry)["reason"] for e in store.read_entries(conn, 0, 2)] == [
+                "refusal number 0",
+                "refusal number 2",
+            ]
+            assert store.tree_head(conn) == (2, tree.root())
+    finally:
+        engine.dispose()
+
+
 def test_appends_from_several_processes_serialise(database_url: str) -> None:
     engine = migrated_engine(database_url)
     try:
