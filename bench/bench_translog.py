@@ -1,8 +1,9 @@
 """The transfer log: durable appends, proofs at 1,000,000 entries, offline verification of a 1,000,000-entry bundle.
 
 Appends (SQLite, and PostgreSQL when a server answers): ``append_entry`` committed one per
-transaction (and, on SQLite, the write-ahead-log pages each such commit writes, beside the raw insert's), ``append_entries`` in transactions of 100 (what a caller logging several events
-at once gets), and ``append_entry`` calls inside a caller's transaction. Baselines in the same
+transaction, ``append_entries`` in transactions of 100 (what a caller logging several events
+at once gets), and ``append_entry`` calls inside a caller's transaction; on SQLite also the
+write-ahead-log pages one committed append writes, beside a committed raw insert's. Baselines in the same
 run, on the same database, alternated with the figures round by round: raw SHA-256 of the same
 entry bytes, and raw inserts of the same rows into a plain table through the same driver,
 committed the same way. "Durable" is defined in the notes (SQLite: WAL, synchronous=NORMAL).
