@@ -348,8 +348,8 @@ def run(quick: bool) -> BenchResult:
         "benchmark thread's CPU time (user + system) instead of wall time: what one free core would sustain",
         f"WAL pages: {WAL_SAMPLE} more appends and raw inserts, each committed, on one connection with automatic "
         "checkpoints off after a checkpoint that empties the WAL; the WAL's growth over the frame size (page + 24 "
-        "bytes) per commit is what each commit writes (the leaf row's page, the leaf-hash index's page, and now "
-        "and then a split; the raw table's key is a separate index, so it writes two)",
+        "bytes) per commit is what each commit writes (the leaf row's page and now and then a split; the raw "
+        "table's BIGINT key is an index of its own, so it writes two)",
         "durable = committed before the call returns. SQLite runs as the connector runs it: WAL mode, "
         "synchronous=NORMAL, default autocheckpoint: a commit survives a crash of the process at once; "
         "after a power loss or OS crash the database is intact but the last commits before the crash may be "

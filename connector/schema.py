@@ -17,6 +17,7 @@ from connector.translog.models import (
     LogAlertRow,
     LogCheckpointRow,
     LogCosignatureRow,
+    LogLeafHashRow,
     LogLeafRow,
     WitnessedLogRow,
 )
@@ -41,6 +42,7 @@ metadata = metadata_of(
         PolicyEngineVersionRow,
         TransferRow,
         LogLeafRow,
+        LogLeafHashRow,
         LogCheckpointRow,
         LogCosignatureRow,
         WitnessedLogRow,

@@ -28,15 +28,30 @@ class LogLeafRow(SQLModel, table=True):
             BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=False
         )
     )
-    leaf_hash: bytes = Field(sa_column=Column(LargeBinary, nullable=False, index=True))
+    leaf_hash: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
     nodes: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
     chain: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
     entry: str = Field(sa_column=Column(Text, nullable=False))  # the RFC 8785 bytes, as UTF-8 text
-    # Neither indexed: every index is one more page written per append. ``created_at`` never
-    # decreases along the log (an append never logs a time before the previous entry's), so a
-    # time range is found by binary search on ``idx``.
+    # No index but the key: every index is one more page written per append (a random one, for a
+    # hash). ``created_at`` never decreases along the log (an append never logs a time before the
+    # previous entry's), so a time range is found by binary search on ``idx``; leaf hashes are
+    # looked up in ``transfer_log_leaf_hash``, filled behind the appends.
     kind: str = Field(sa_column=Column(String(64), nullable=False))
     created_at: int = Field(sa_column=Column(BigInteger, nullable=False))  # epoch ms
+
+
+class LogLeafHashRow(SQLModel, table=True):
+    """Leaf hash to index, for proofs asked by leaf hash: filled from ``transfer_log_leaf`` behind the
+    appends (``store.index_leaf_hashes``, before a lookup and when a checkpoint is signed), not by them."""
+
+    __tablename__ = "transfer_log_leaf_hash"
+
+    idx: int = Field(
+        sa_column=Column(
+            BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=False
+        )
+    )
+    leaf_hash: bytes = Field(sa_column=Column(LargeBinary, nullable=False, index=True))
 
 
 class LogCheckpointRow(SQLModel, table=True):

@@ -36,9 +36,10 @@ from sqlmodel import Session
 
 from connector.translog import merkle
 from connector.translog.entries import canonical_entry
-from connector.translog.models import LogLeafRow
+from connector.translog.models import LogLeafHashRow, LogLeafRow
 
 LEAF = LogLeafRow.__table__  # type: ignore[attr-defined]
+HASHES = LogLeafHashRow.__table__  # type: ignore[attr-defined]
 # Any fixed 64-bit key: the PostgreSQL advisory lock that queues appenders ("translog" in ASCII).
 _APPEND_LOCK = 0x7472616E736C6F67
 _ATTEMPTS = 3  # a guess, then the real head; a third try only if PostgreSQL raced us
@@ -402,11 +403,37 @@ def consistency_proof(target: Session | Connection, first: int, second: int) -> 
     return _prove(conn, second, lambda: merkle.consistency_ranges(first, second))
 
 
+# Leaf hashes appended since the last catch-up, into the lookup table: one statement, run in the
+# database (the subquery is the table's last key; the range scan starts after it).
+_CATCH_UP = (
+    "INSERT INTO transfer_log_leaf_hash (idx, leaf_hash) SELECT idx, leaf_hash FROM transfer_log_leaf "
+    "WHERE idx > (SELECT COALESCE(MAX(idx), -1) FROM transfer_log_leaf_hash) ON CONFLICT DO NOTHING"
+)
+
+
+def index_leaf_hashes(target: Engine | Session | Connection) -> int:
+    """Make every committed entry findable by its leaf hash; how many were added.
+
+    Appends do not write the leaf-hash index (a random page per commit); this catches it up in
+    one statement, in a transaction of its own (committed even when the caller's is not), or in
+    the caller's when that already holds SQLite's writer lock (a second writer would wait on it).
+    """
+    if isinstance(target, Engine):
+        with target.begin() as conn:
+            return max(conn.exec_driver_sql(_CATCH_UP).rowcount, 0)
+    conn = _connection(target)
+    if conn.dialect.name == "sqlite" and conn.connection.dbapi_connection.in_transaction:  # type: ignore[union-attr]
+        return max(conn.exec_driver_sql(_CATCH_UP).rowcount, 0)
+    return index_leaf_hashes(conn.engine)
+
+
 def index_of_leaf(target: Session | Connection, leaf_hash: bytes) -> int | None:
-    """The first index holding this leaf hash (the column is indexed)."""
-    row = (
-        _connection(target).execute(select(LEAF.c.idx).where(LEAF.c.leaf_hash == leaf_hash).limit(1)).first()
-    )
+    """The first index holding this leaf hash (after catching the leaf-hash index up)."""
+    conn = _connection(target)
+    index_leaf_hashes(conn)
+    row = conn.execute(
+        select(HASHES.c.idx).where(HASHES.c.leaf_hash == leaf_hash).order_by(HASHES.c.idx).limit(1)
+    ).first()
     return None if row is None else int(row.idx)
 
 

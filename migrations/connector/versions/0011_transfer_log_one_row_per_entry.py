@@ -2,8 +2,9 @@
 
 An append used to write the leaf row, about one node row, the head row and two indexes: ~7 pages
 of SQLite's WAL per commit. The leaf row now carries the subtree hashes its append completed and
-the chain digest an append checks, its key is SQLite's rowid, and ``created_at`` (never
-decreasing along the log, so searched by bisection) has no index: ~2.5 pages per commit.
+the chain digest an append checks, its key is SQLite's rowid, ``created_at`` (never decreasing
+along the log, so searched by bisection) has no index, and leaf hashes are indexed in a table of
+their own filled behind the appends (``transfer_log_leaf_hash``): one page per commit, or two.
 
 Existing rows are copied with their stored hashes (not recomputed: the migration must not repair
 evidence of tampering); the chain is computed from the stored leaf hashes. ``created_at`` becomes
@@ -158,8 +159,19 @@ def upgrade() -> None:
     op.rename_table(NEW, "transfer_log_leaf")
     if conn.dialect.name == "postgresql":  # the key's index keeps the name it was created with
         op.execute(f"ALTER INDEX {NEW}_pkey RENAME TO transfer_log_leaf_pkey")
-    with op.batch_alter_table("transfer_log_leaf", schema=None) as batch_op:
-        batch_op.create_index(batch_op.f("ix_transfer_log_leaf_leaf_hash"), ["leaf_hash"], unique=False)
+    op.create_table(
+        "transfer_log_leaf_hash",
+        sa.Column(
+            "idx", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), autoincrement=False, nullable=False
+        ),
+        sa.Column("leaf_hash", sa.LargeBinary(), nullable=False),
+        sa.PrimaryKeyConstraint("idx"),
+    )
+    op.execute(
+        "INSERT INTO transfer_log_leaf_hash (idx, leaf_hash) SELECT idx, leaf_hash FROM transfer_log_leaf"
+    )
+    with op.batch_alter_table("transfer_log_leaf_hash", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_transfer_log_leaf_hash_leaf_hash"), ["leaf_hash"], unique=False)
 
 
 def downgrade() -> None:
@@ -214,8 +226,9 @@ def downgrade() -> None:
         frontier = b"".join(parts)
     conn.execute(HEAD.insert(), [{"id": 1, "size": size, "frontier": frontier}])
 
-    with op.batch_alter_table("transfer_log_leaf", schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f("ix_transfer_log_leaf_leaf_hash"))
+    with op.batch_alter_table("transfer_log_leaf_hash", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_transfer_log_leaf_hash_leaf_hash"))
+    op.drop_table("transfer_log_leaf_hash")
     op.rename_table("transfer_log_leaf", OLD)
     if conn.dialect.name == "postgresql":
         op.execute(f"ALTER INDEX transfer_log_leaf_pkey RENAME TO {OLD}_pkey")
