@@ -428,7 +428,8 @@ def index_leaf_hashes(target: Engine | Session | Connection) -> int:
 
 
 def index_of_leaf(target: Session | Connection, leaf_hash: bytes) -> int | None:
-    """The first index holding this leaf hash (after catching the leaf-hash index up)."""
+    """The first index holding this leaf hash among the committed entries (the caller's own uncommitted
+    ones too on SQLite, where the catch-up runs in the caller's write transaction)."""
     conn = _connection(target)
     index_leaf_hashes(conn)
     row = conn.execute(
