@@ -4,7 +4,8 @@ One row per entry (``models.LogLeafRow``): the entry, its leaf hash, the hashes 
 complete subtrees its append completed, and ``chain``, a digest of the history up to it. The
 last row is the log's head: its index gives the size, and the right edge (the "frontier") is
 read from the rows that completed its subtrees. An append writes one row and nothing else, so
-a commit writes the table's last page and the leaf-hash index's page.
+a commit writes the table's last page (leaf hashes are indexed behind the appends, by
+``index_leaf_hashes``: an index ordered by hash would cost a random page per commit).
 
 Each engine remembers the head it last wrote (size, frontier, chain, time): a guess, never
 trusted. Appends are serialised first: on SQLite by the database's writer lock (taken before
