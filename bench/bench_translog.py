@@ -2,13 +2,14 @@
 
 Appends (SQLite, and PostgreSQL when a server answers): ``append_entry`` committed one per
 transaction, ``append_entries`` in transactions of 100 (what a caller logging several events
-at once gets), and ``append_entry`` calls inside a caller's transaction. Baselines in the same
+at once gets), and ``append_entry`` calls inside a caller's transaction; on SQLite also the
+write-ahead-log pages one committed append writes, beside a committed raw insert's. Baselines in the same
 run, on the same database, alternated with the figures round by round: raw SHA-256 of the same
 entry bytes, and raw inserts of the same rows into a plain table through the same driver,
 committed the same way. "Durable" is defined in the notes (SQLite: WAL, synchronous=NORMAL).
 
-Proofs: a 1,000,000-entry log is built by bulk insertion (leaves and every complete subtree,
-as appends would have stored them), then ``store.inclusion_proof`` and
+Proofs: a 1,000,000-entry log is built by bulk insertion (leaf rows with their subtree hashes
+and chain, as appends would have stored them), then ``store.inclusion_proof`` and
 ``store.consistency_proof`` are timed (wall and CPU, after a warm-up) on random indexes and
 sizes, beside a raw primary-key SELECT of one leaf. Verification: the whole log is exported as an audit bundle and
 ``verify_bundle`` checks it, beside raw SHA-256 of every entry.
@@ -25,7 +26,7 @@ import os
 import random
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from sqlalchemy import Engine, text
@@ -163,14 +164,52 @@ def _appends(url: str, count: int) -> dict[str, float]:
         # Per second of this thread's CPU (user + system, so the writes of a commit count; time
         # spent waiting for a CPU or a disk does not): what one free core would sustain.
         figures |= {f"{name}_cpu": _rate(done[name], t) for name, t in cpu_seconds.items()}
+        if engine.dialect.name == "sqlite":
+            figures |= _wal_pages(engine, insert, row, raw_index)
         with engine.connect() as conn:  # what was appended is a correct tree
             size, root = store.tree_head(conn)
             entries = store.read_entries(conn, 0, size)
-        assert size == 3 * chunk * ROUNDS
+        assert size == 3 * chunk * ROUNDS + (WAL_SAMPLE if "ours_wal_pages" in figures else 0)
         assert merkle.root_of_leaves(merkle.leaf_hash(e.entry) for e in entries) == root
         return figures
     finally:
         engine.dispose()
+
+
+WAL_SAMPLE = 500  # committed appends (and raw inserts) whose write-ahead log growth is measured
+
+
+def _wal_pages(
+    engine: Engine, insert: str, row: tuple[object, ...], raw_index: Iterator[int]
+) -> dict[str, float]:
+    """SQLite WAL pages written per committed append and per committed raw insert (what a commit costs).
+
+    On one connection with automatic checkpoints off, after a checkpoint that empties the WAL: its
+    growth divided by the frame size (a page and its 24-byte header) is the pages written.
+    """
+    database = Path(str(engine.url.database))
+    wal = database.with_name(database.name + "-wal")
+    out: dict[str, float] = {}
+    with engine.connect() as conn:
+        page = int(conn.exec_driver_sql("PRAGMA page_size").scalar_one())
+        conn.exec_driver_sql("PRAGMA wal_autocheckpoint=0")
+        conn.commit()
+        for name in ("ours_wal_pages", "raw_wal_pages"):
+            conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+            conn.commit()
+            before = wal.stat().st_size
+            for _ in range(WAL_SAMPLE):
+                with conn.begin():
+                    if name == "ours_wal_pages":
+                        store.append_entry(conn, REFUSAL, FIELDS)
+                    else:
+                        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+                        cursor.execute(insert, (next(raw_index), *row))
+                        cursor.close()
+            out[name] = (wal.stat().st_size - before) / (page + 24) / WAL_SAMPLE
+        conn.exec_driver_sql("PRAGMA wal_autocheckpoint=1000")  # SQLite's default, as the connector runs
+        conn.commit()
+    return out
 
 
 def _bulk_log(url: str, size: int) -> None:
@@ -182,23 +221,20 @@ def _bulk_log(url: str, size: int) -> None:
             REFUSAL, {**FIELDS, "reason": "refusal number 7"}, 1795255200000
         )
         frontier: list[bytes] = []
+        chain = b""
         leaves: list[tuple[object, ...]] = []
-        nodes: list[tuple[int, int, bytes]] = []
         with engine.begin() as conn:
             cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
             for i in range(size):  # streamed in chunks: memory stays flat
                 data = TEMPLATE.encode() % i
                 leaf = merkle.leaf_hash(data)
                 frontier, completed = merkle.frontier_after(frontier, i, leaf)
-                leaves.append((i, leaf, data.decode(), REFUSAL, 1795255200000 + i))
-                nodes.extend((lv, ix, h) for (lv, ix), h in completed)
+                chain = store.chain_after(chain, leaf)
+                nodes = b"".join(h for _, h in completed)
+                leaves.append((i, leaf, nodes, chain, data.decode(), REFUSAL, 1795255200000 + i))
                 if len(leaves) == 50_000 or i == size - 1:
                     cursor.executemany(store._APPEND_SQL["leaf"], leaves)
-                    cursor.executemany(store._APPEND_SQL["node"], nodes)
-                    leaves, nodes = [], []
-            cursor.execute(
-                "UPDATE transfer_log_head SET size = ?, frontier = ? WHERE id = 1", (size, b"".join(frontier))
-            )
+                    leaves = []
             cursor.close()
     finally:
         engine.dispose()
@@ -231,6 +267,24 @@ def _latencies(engine: Engine, size: int, samples: int, rng: random.Random) -> d
                 out["consistency_cpu"].append(consistency[1])
                 out["select"].append(select)
     return out
+
+
+def _hash_lookups(engine: Engine, size: int, samples: int, rng: random.Random) -> tuple[float, list[float]]:
+    """(seconds to catch the leaf-hash index up over the whole bulk-built log, ms per lookup by hash after).
+
+    Appends leave the leaf-hash index behind; the bulk-built log has none at all, so the first
+    catch-up is the worst case (a migrated log arrives indexed, and signing a checkpoint catches up).
+    """
+    catch_up = _timed(lambda: store.index_leaf_hashes(engine))
+    wanted = [merkle.leaf_hash(TEMPLATE.encode() % i) for i in (rng.randrange(size) for _ in range(samples))]
+    out: list[float] = []
+    with engine.connect() as conn:
+        for leaf in wanted:
+            start = time.perf_counter()
+            found = store.index_of_leaf(conn, leaf)
+            out.append((time.perf_counter() - start) * 1000)
+            assert found is not None
+    return catch_up, out
 
 
 def _verification(engine: Engine, directory: Path) -> tuple[float, float, int]:
@@ -273,6 +327,7 @@ def run(quick: bool) -> BenchResult:
         engine = make_engine(url)
         try:
             times = _latencies(engine, size, samples, rng)
+            catch_up, times["by_hash"] = _hash_lookups(engine, size, samples, rng)
             verified, raw_hash, bundle_bytes = _verification(engine, directory)
         finally:
             engine.dispose()
@@ -293,7 +348,15 @@ def run(quick: bool) -> BenchResult:
                     f"{proof} proof CPU time {point} at {size:,} entries", stats[f"{proof}_cpu"][point], MS
                 )
             )
+    by_hash = summarise(times["by_hash"])
     figures += [
+        Figure(
+            f"inclusion proof by leaf hash: lookup p99 at {size:,} entries",
+            by_hash["p99"],
+            MS,
+            Measure("raw PK SELECT p99", select["p99"], MS),
+        ),
+        Figure(f"catch the leaf-hash index up over all {size:,} entries", catch_up, S),
         Figure(
             f"verify a {size:,}-entry bundle offline",
             verified,
@@ -310,15 +373,23 @@ def run(quick: bool) -> BenchResult:
         f"transaction' = {count // ROUNDS} append_entry calls per commit (what a negotiation pays: its own "
         "commit carries the entry), beside as many single inserts per commit. 'Per CPU-second' divides by the "
         "benchmark thread's CPU time (user + system) instead of wall time: what one free core would sustain",
+        f"WAL pages: {WAL_SAMPLE} more appends and raw inserts, each committed, on one connection with automatic "
+        "checkpoints off after a checkpoint that empties the WAL; the WAL's growth over the frame size (page + 24 "
+        "bytes) per commit is what each commit writes (the leaf row's page and now and then a split; the raw "
+        "table's BIGINT key is an index of its own, so it writes two)",
         "durable = committed before the call returns. SQLite runs as the connector runs it: WAL mode, "
         "synchronous=NORMAL, default autocheckpoint: a commit survives a crash of the process at once; "
         "after a power loss or OS crash the database is intact but the last commits before the crash may be "
         "gone (the WAL is fsynced at checkpoints, not at every commit). PostgreSQL runs with fsync=on and "
         "synchronous_commit=on: every commit waits for its WAL flush, so it survives a power loss too. "
         "Every append's tree is checked against the entries afterwards",
-        f"the {size:,}-entry log was bulk-inserted in {build:.1f} s (leaves and every complete subtree); proofs "
+        f"the {size:,}-entry log was bulk-inserted in {build:.1f} s (leaf rows with every complete subtree's hash); proofs "
         f"timed on {samples} random indexes/sizes after {WARM_UP} untimed ones, each inclusion proof verified; "
-        "a proof is one query (the head and every hash it needs) on an open connection",
+        "a proof is one query (the log's size and every row holding a hash it needs) on an open connection",
+        "lookups by leaf hash (what GET /log/inclusion?leafHash= does first): appends do not index leaf hashes; "
+        "the bulk-built log is caught up in one go (timed: the worst case, a log never looked up nor "
+        f"checkpointed), then {samples} random hashes are looked up, each lookup running its own (empty) "
+        "catch-up transaction first, as the route does",
         f"the bundle: {bundle_bytes / 1e6:.1f} MB zip, entries + range proof + keys; verification re-hashes every "
         "entry, checks its canonical form and fields, rebuilds the root and checks the checkpoint's signature",
         "CPU time = time.thread_time of the proving thread (excludes time spent waiting for a CPU); the "
@@ -389,6 +460,18 @@ def run(quick: bool) -> BenchResult:
 
 
 def _append_figures(database: str, measured: dict[str, float]) -> list[Figure]:
+    wal = (
+        [
+            Figure(
+                f"{database} WAL pages written per append (one per transaction)",
+                measured["ours_wal_pages"],
+                "pages",
+                Measure("raw insert + commit per row", measured["raw_wal_pages"], "pages"),
+            )
+        ]
+        if "ours_wal_pages" in measured
+        else []
+    )
     return [
         Figure(
             f"{database} appends/s (one per transaction)",
@@ -415,6 +498,7 @@ def _append_figures(database: str, measured: dict[str, float]) -> list[Figure]:
             Measure("raw single-row inserts in one transaction", measured["raw_in_transaction"], PER_S),
         ),
         Figure(f"{database} raw SHA-256 of an entry", measured["sha256"], PER_S),
+        *wal,
     ]
 
 

@@ -35,6 +35,7 @@ from connector.peers import peers_router
 from connector.transfer_push import Pusher
 from connector.transfer_receipts import receipts_router
 from connector.transfer_worker import TransferWorker
+from connector.translog.indexer import LeafHashIndexer
 from connector.translog.management import transfer_log_management_router
 from connector.translog.routes import install_log_error_handler, transfer_log_router
 from connector.translog.witness import LogWitness, Witness
@@ -70,6 +71,7 @@ def create_app(core: ServiceCore) -> FastAPI:
             *([crawler.run] if interval > 0 else []),
             *([consent_gate.follow_changes] if consent_gate is not None else []),
             *([log_witness.run] if witness_interval > 0 else []),
+            LeafHashIndexer(core.engine).run,
         ],
     )
     app.state.personal_gate = consent_gate  # None: the data plane's closed gate (nothing personal leaves)

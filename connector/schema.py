@@ -17,9 +17,8 @@ from connector.translog.models import (
     LogAlertRow,
     LogCheckpointRow,
     LogCosignatureRow,
-    LogHeadRow,
+    LogLeafHashRow,
     LogLeafRow,
-    LogNodeRow,
     WitnessedLogRow,
 )
 from contracts.models import AgreementRow, CasbinRuleRow, NegotiationRow, PolicyEngineVersionRow
@@ -43,8 +42,7 @@ metadata = metadata_of(
         PolicyEngineVersionRow,
         TransferRow,
         LogLeafRow,
-        LogNodeRow,
-        LogHeadRow,
+        LogLeafHashRow,
         LogCheckpointRow,
         LogCosignatureRow,
         WitnessedLogRow,

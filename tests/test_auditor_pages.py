@@ -350,9 +350,10 @@ def test_an_altered_entry_shows_failed(pair: AuditedPair, session: str, page: Pa
 
 @pytest.mark.slow
 def test_a_wrong_proof_shows_failed(pair: AuditedPair, session: str, page: Page) -> None:
-    # The hash of entries 2 and 3 together: it is in the audit path of entries 0 and 1 only.
-    (original,) = pair.sql("SELECT hash FROM transfer_log_node WHERE level = 1 AND idx = 1")[0]
-    pair.sql("UPDATE transfer_log_node SET hash = ? WHERE level = 1 AND idx = 1", b"\x00" * 32)
+    # The hash of entries 2 and 3 together (level 1, kept in entry 3's row, first of its subtree
+    # hashes): it is in the audit path of entries 0 and 1 only.
+    (original,) = pair.sql("SELECT nodes FROM transfer_log_leaf WHERE idx = 3")[0]
+    pair.sql("UPDATE transfer_log_leaf SET nodes = ? WHERE idx = 3", b"\x00" * 32 + original[32:])
     try:
         open_audit(page, pair, session)
         checked(page)
@@ -361,7 +362,7 @@ def test_a_wrong_proof_shows_failed(pair: AuditedPair, session: str, page: Page)
         assert statuses[0] == "FAILED: the proof leads to a different root than the checkpoint's"
         screenshot(page, "audit-tampered-proof")
     finally:
-        pair.sql("UPDATE transfer_log_node SET hash = ? WHERE level = 1 AND idx = 1", original)
+        pair.sql("UPDATE transfer_log_leaf SET nodes = ? WHERE idx = 3", original)
 
 
 @pytest.mark.slow
@@ -581,9 +582,10 @@ def test_removing_an_auditor_ends_its_session(pair: AuditedPair) -> None:
 def test_a_log_that_no_longer_extends_its_checkpoint_is_not_signed(
     pair: AuditedPair, session: str, page: Page
 ) -> None:
-    # The first eight entries' subtree, as a consistency proof from the signed checkpoint reads it.
-    (original,) = pair.sql("SELECT hash FROM transfer_log_node WHERE level = 3 AND idx = 0")[0]
-    pair.sql("UPDATE transfer_log_node SET hash = ? WHERE level = 3 AND idx = 0", b"\x01" * 32)
+    # The first eight entries' subtree (level 3, the third hash in entry 7's row), as a consistency
+    # proof from the signed checkpoint reads it.
+    (original,) = pair.sql("SELECT nodes FROM transfer_log_leaf WHERE idx = 7")[0]
+    pair.sql("UPDATE transfer_log_leaf SET nodes = ? WHERE idx = 7", original[:64] + b"\x01" * 32)
     try:
         refusal = {
             "subject": "catalog",
@@ -603,7 +605,7 @@ def test_a_log_that_no_longer_extends_its_checkpoint_is_not_signed(
         )
         screenshot(page, "audit-unsigned-growth")
     finally:
-        pair.sql("UPDATE transfer_log_node SET hash = ? WHERE level = 3 AND idx = 0", original)
+        pair.sql("UPDATE transfer_log_leaf SET nodes = ? WHERE idx = 7", original)
 
 
 @pytest.mark.slow

@@ -114,6 +114,30 @@ def test_entries_with_personal_data_or_unknown_fields_are_refused_and_write_noth
         engine.dispose()
 
 
+def test_appends_on_a_plain_connection_are_committed_by_its_commit_and_undone_by_its_rollback(
+    database_url: str,
+) -> None:
+    engine = migrated_engine(database_url)
+    try:
+        with engine.connect() as conn:  # no begin(): the append starts the connection's transaction
+            store.append_entry(conn, REFUSAL, refusal(0))
+            conn.commit()
+            store.append_entry(conn, REFUSAL, refusal(1))
+            conn.rollback()
+            store.append_entry(conn, REFUSAL, refusal(2))  # built on the real head, not on the undone entry
+            conn.commit()
+        tree = _recomputed(engine)
+        assert tree.size == 2
+        with engine.connect() as conn:
+            assert [json.loads(e.entry)["reason"] for e in store.read_entries(conn, 0, 2)] == [
+                "refusal number 0",
+                "refusal number 2",
+            ]
+            assert store.tree_head(conn) == (2, tree.root())
+    finally:
+        engine.dispose()
+
+
 def test_appends_from_several_processes_serialise(database_url: str) -> None:
     engine = migrated_engine(database_url)
     try:
@@ -213,3 +237,45 @@ def test_a_refusal_with_unloggable_details_is_still_logged(
     assert entry["reason"] == "call me: [redacted]"
     assert "dataset" not in entry
     assert "code" not in entry
+
+
+def test_the_leaf_hash_index_is_caught_up_in_the_background_and_before_a_lookup(database_url: str) -> None:
+    import asyncio
+
+    from sqlalchemy import text
+
+    from connector.translog.indexer import LeafHashIndexer
+
+    def indexed(engine: Engine) -> int:
+        with engine.connect() as conn:
+            return int(conn.execute(text("SELECT COUNT(*) FROM transfer_log_leaf_hash")).scalar_one())
+
+    engine = migrated_engine(database_url)
+    try:
+        append_refusals(engine, 30)
+        assert indexed(engine) == 0  # appends leave the index behind
+        tree = _recomputed(engine)
+        with engine.connect() as conn:  # a lookup catches up first: every committed entry is found
+            assert store.index_of_leaf(conn, tree.levels[0][29]) == 29
+        assert indexed(engine) == 30
+
+        append_refusals(engine, 10, start=30)
+
+        async def indexed_in_background() -> int:
+            task = asyncio.create_task(LeafHashIndexer(engine, interval_seconds=0.05).run())
+            try:
+                for _ in range(1200):  # up to a minute on a loaded machine; usually one round
+                    count = await asyncio.to_thread(indexed, engine)
+                    if count == 40:
+                        return count
+                    await asyncio.sleep(0.05)
+                return count
+            finally:
+                task.cancel()
+
+        assert asyncio.run(indexed_in_background()) == 40
+        with engine.connect() as conn:
+            assert store.index_of_leaf(conn, _recomputed(engine).levels[0][35]) == 35
+            assert store.index_of_leaf(conn, b"\x00" * 32) is None
+    finally:
+        engine.dispose()

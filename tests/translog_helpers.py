@@ -83,40 +83,43 @@ def introduce(a: Any, b: Any) -> None:
             add_member(session, member.did, member.settings.dsp_url, public_jwk(member.core.key.public_key()))
 
 
+def _restore_hashes(conn: Any) -> None:
+    """Recompute every stored hash from the entries, as an operator covering their tracks would."""
+    from sqlalchemy import select, update
+
+    from connector.translog import merkle, store
+    from connector.translog.models import LogLeafRow
+
+    leaf_t = LogLeafRow.__table__  # type: ignore[attr-defined]
+    entries = [r.entry.encode() for r in conn.execute(select(leaf_t.c.entry).order_by(leaf_t.c.idx))]
+    frontier: list[bytes] = []
+    chain = b""
+    for index, data in enumerate(entries):
+        leaf = merkle.leaf_hash(data)
+        frontier, completed = merkle.frontier_after(frontier, index, leaf)
+        chain = store.chain_after(chain, leaf)
+        conn.execute(
+            update(leaf_t)
+            .where(leaf_t.c.idx == index)
+            .values(leaf_hash=leaf, nodes=b"".join(h for _, h in completed), chain=chain)
+        )
+
+
 def rewrite_history(engine: Engine, index: int, reason: str) -> None:
     """What an operator with database access could do: change entry ``index`` and recompute every hash."""
     import rfc8785
-    from sqlalchemy import delete, select, update
+    from sqlalchemy import select, update
 
-    from connector.translog import merkle
-    from connector.translog.models import LogHeadRow, LogLeafRow, LogNodeRow
+    from connector.translog.models import LogLeafRow
 
     leaf_t = LogLeafRow.__table__  # type: ignore[attr-defined]
-    node_t = LogNodeRow.__table__  # type: ignore[attr-defined]
-    head_t = LogHeadRow.__table__  # type: ignore[attr-defined]
     with engine.begin() as conn:
         row = conn.execute(select(leaf_t.c.entry).where(leaf_t.c.idx == index)).one()
         entry = json.loads(row.entry)
         entry["reason"] = reason
         data = rfc8785.dumps(entry)
-        conn.execute(
-            update(leaf_t)
-            .where(leaf_t.c.idx == index)
-            .values(entry=data.decode(), leaf_hash=merkle.leaf_hash(data))
-        )
-        leaves = [bytes(r.leaf_hash) for r in conn.execute(select(leaf_t.c.leaf_hash).order_by(leaf_t.c.idx))]
-        tree = merkle.MemoryTree(leaves)
-        conn.execute(delete(node_t))
-        rows = [
-            {"level": level, "idx": i, "hash": h}
-            for level, hashes in enumerate(tree.levels)
-            if level > 0
-            for i, h in enumerate(hashes)
-        ]
-        if rows:
-            conn.execute(node_t.insert(), rows)
-        frontier = [tree.levels[lv][ix] for lv, ix in merkle.subtrees_of(0, tree.size)]
-        conn.execute(update(head_t).values(frontier=b"".join(frontier)))
+        conn.execute(update(leaf_t).where(leaf_t.c.idx == index).values(entry=data.decode()))
+        _restore_hashes(conn)
 
 
 def forget_checkpoints(engine: Engine) -> None:
@@ -131,30 +134,14 @@ def forget_checkpoints(engine: Engine) -> None:
 
 
 def truncate_log(engine: Engine, size: int) -> None:
-    """Delete every entry from ``size`` on (and the hashes above them), as someone hiding them would."""
-    from sqlalchemy import delete, select, update
+    """Delete every entry from ``size`` on, as someone hiding them would (the rows before keep their hashes)."""
+    from sqlalchemy import delete
 
-    from connector.translog import merkle
-    from connector.translog.models import LogHeadRow, LogLeafRow, LogNodeRow
+    from connector.translog.models import LogLeafRow
 
     leaf_t = LogLeafRow.__table__  # type: ignore[attr-defined]
-    node_t = LogNodeRow.__table__  # type: ignore[attr-defined]
-    head_t = LogHeadRow.__table__  # type: ignore[attr-defined]
     with engine.begin() as conn:
         conn.execute(delete(leaf_t).where(leaf_t.c.idx >= size))
-        leaves = [bytes(r.leaf_hash) for r in conn.execute(select(leaf_t.c.leaf_hash).order_by(leaf_t.c.idx))]
-        tree = merkle.MemoryTree(leaves)
-        conn.execute(delete(node_t))
-        rows = [
-            {"level": level, "idx": i, "hash": h}
-            for level, hashes in enumerate(tree.levels)
-            if level > 0
-            for i, h in enumerate(hashes)
-        ]
-        if rows:
-            conn.execute(node_t.insert(), rows)
-        frontier = [tree.levels[lv][ix] for lv, ix in merkle.subtrees_of(0, tree.size)]
-        conn.execute(update(head_t).values(size=size, frontier=b"".join(frontier)))
 
 
 def log_signed_agreement(

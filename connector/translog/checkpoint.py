@@ -138,6 +138,7 @@ def _check_extends(conn: Connection, previous: SignedCheckpoint, size: int, root
 def sign_checkpoint(engine: Engine, origin: str, key: Ed25519PrivateKey) -> SignedCheckpoint:
     """The checkpoint of the log now, signed and stored (the stored one when the log has not grown)."""
     signer = NoteSigner(origin, key)
+    store.index_leaf_hashes(engine)  # keeps the leaf-hash lookups' catch-up short (witnesses ask often)
     with engine.begin() as conn:
         size, root = store.tree_head(conn)
         previous = latest_signed(conn, origin)

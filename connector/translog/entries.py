@@ -253,8 +253,20 @@ register_kind(
 # ------------------------------------------------------------------ building entries
 
 
+# The last second formatted: appends come many to a second, and formatting a date costs more
+# than the rest of an entry's canonical form.
+_last_second: tuple[int, str] = (-1, "")
+
+
 def utc_time(epoch_ms: int) -> str:
-    return datetime.fromtimestamp(epoch_ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    """``YYYY-MM-DDTHH:MM:SS.mmmZ`` (UTC) of epoch milliseconds."""
+    global _last_second
+    second, millis = divmod(epoch_ms, 1000)
+    cached, prefix = _last_second
+    if cached != second:
+        prefix = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        _last_second = (second, prefix)
+    return f"{prefix}.{millis:03d}Z"
 
 
 def canonical_entry(kind: str, fields: Mapping[str, Any], epoch_ms: int) -> bytes:

@@ -1,8 +1,7 @@
-"""Tables of the transfer log: leaves, complete-subtree hashes, the head, signed checkpoints,
-cosignatures received, what we witnessed of other members' logs, and alerts.
+"""Tables of the transfer log: leaves (with the complete-subtree hashes each completed), signed
+checkpoints, cosignatures received, what we witnessed of other members' logs, and alerts.
 
-Append-only by construction: nothing in ``connector.translog`` updates or deletes a leaf or a
-node; the head row is the one mutable row, and it serialises appends (see ``store.py``).
+Append-only by construction: nothing in ``connector.translog`` updates or deletes a leaf row.
 """
 
 from __future__ import annotations
@@ -12,34 +11,47 @@ from sqlmodel import Field, SQLModel
 
 
 class LogLeafRow(SQLModel, table=True):
+    """One entry, and every complete-subtree hash its append completed: one row write per append.
+
+    Leaf ``idx`` completes the subtrees (level, ``idx >> level``) for level 1 up to the number of
+    trailing one bits of ``idx``; ``nodes`` holds their hashes in that order (empty for even
+    ``idx``), so any subtree's hash is found by primary key. ``chain`` is SHA-256 of the previous
+    row's chain and this leaf hash: a digest of the whole history that an append checks its
+    guess of the log's state against (see ``store.py``). The last row is the log's head.
+    """
+
     __tablename__ = "transfer_log_leaf"
 
-    idx: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
-    leaf_hash: bytes = Field(sa_column=Column(LargeBinary, nullable=False, index=True))
+    # INTEGER PRIMARY KEY on SQLite: the table's own rowid, so no separate key index to write.
+    idx: int = Field(
+        sa_column=Column(
+            BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=False
+        )
+    )
+    leaf_hash: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    nodes: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    chain: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
     entry: str = Field(sa_column=Column(Text, nullable=False))  # the RFC 8785 bytes, as UTF-8 text
-    # Not indexed: every index is one more page written per append (filter by kind within a time range).
+    # No index but the key: every index is one more page written per append (a random one, for a
+    # hash). ``created_at`` never decreases along the log (an append never logs a time before the
+    # previous entry's), so a time range is found by binary search on ``idx``; leaf hashes are
+    # looked up in ``transfer_log_leaf_hash``, filled behind the appends.
     kind: str = Field(sa_column=Column(String(64), nullable=False))
-    created_at: int = Field(sa_column=Column(BigInteger, nullable=False, index=True))  # epoch ms
+    created_at: int = Field(sa_column=Column(BigInteger, nullable=False))  # epoch ms
 
 
-class LogNodeRow(SQLModel, table=True):
-    """The hash of a complete subtree of level >= 1 (level 0 is the leaf's own hash)."""
+class LogLeafHashRow(SQLModel, table=True):
+    """Leaf hash to index, for proofs asked by leaf hash: filled from ``transfer_log_leaf`` behind the
+    appends (``store.index_leaf_hashes``, before a lookup and when a checkpoint is signed), not by them."""
 
-    __tablename__ = "transfer_log_node"
+    __tablename__ = "transfer_log_leaf_hash"
 
-    level: int = Field(sa_column=Column(Integer, primary_key=True, autoincrement=False))
-    idx: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
-    hash: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
-
-
-class LogHeadRow(SQLModel, table=True):
-    """The log's size and the hashes of its right edge (one row, id 1): every append locks it."""
-
-    __tablename__ = "transfer_log_head"
-
-    id: int = Field(sa_column=Column(Integer, primary_key=True, autoincrement=False))
-    size: int = Field(sa_column=Column(BigInteger, nullable=False))
-    frontier: bytes = Field(sa_column=Column(LargeBinary, nullable=False))  # 32-byte hashes, largest first
+    idx: int = Field(
+        sa_column=Column(
+            BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=False
+        )
+    )
+    leaf_hash: bytes = Field(sa_column=Column(LargeBinary, nullable=False, index=True))
 
 
 class LogCheckpointRow(SQLModel, table=True):
