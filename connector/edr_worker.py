@@ -10,7 +10,6 @@ state lives in ``edr_negotiation`` rows, so a restart loses nothing.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 from fastapi.concurrency import run_in_threadpool
 from sqlmodel import Session
@@ -18,7 +17,7 @@ from sqlmodel import Session
 from connector.edr_negotiations import advance, negotiations_to_advance
 from connector.transfer_worker import TransferWorker
 from runtime.logging import get_logger
-from runtime.polling import PollFailures
+from runtime.polling import PollFailures, poll_forever
 from runtime.service import ServiceCore
 
 POLL_SECONDS = 0.5
@@ -59,17 +58,10 @@ class EdrWorker:
 
     async def run(self) -> None:
         """Poll for finished EDR negotiations until cancelled."""
+
+        async def step() -> None:
+            for negotiation_id in await run_in_threadpool(self._due):
+                await self.advance(negotiation_id)
+
         failures = PollFailures(log, "EDR worker poll failed", POLL_SECONDS)
-        while True:
-            try:
-                for negotiation_id in await run_in_threadpool(self._due):
-                    await self.advance(negotiation_id)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                failures.failed(exc)
-            else:
-                failures.succeeded()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=failures.wait)
-            self._wake.clear()
+        await poll_forever(step, failures, self._wake)

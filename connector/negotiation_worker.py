@@ -13,7 +13,6 @@ lives only in memory: a restarted connector picks up where it stopped.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import uuid
 from typing import Any
 
@@ -27,7 +26,7 @@ from catalog.queryspec import table_of
 from connector.negotiations import Pending, applied_by_counter_party, delivered, state_url, undeliverable
 from contracts.models import NegotiationRow
 from runtime.logging import get_logger
-from runtime.polling import PollFailures
+from runtime.polling import PollFailures, poll_forever
 from runtime.service import ServiceCore
 
 _TABLE = table_of(NegotiationRow)
@@ -238,17 +237,10 @@ class NegotiationWorker:
 
     async def run(self) -> None:
         """Poll for due messages until cancelled."""
+
+        async def step() -> None:
+            for negotiation_id in await run_in_threadpool(self._due):
+                await self.deliver(negotiation_id)
+
         failures = PollFailures(log, "negotiation worker poll failed", POLL_SECONDS)
-        while True:
-            try:
-                for negotiation_id in await run_in_threadpool(self._due):
-                    await self.deliver(negotiation_id)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                failures.failed(exc)
-            else:
-                failures.succeeded()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=failures.wait)
-            self._wake.clear()
+        await poll_forever(step, failures, self._wake)

@@ -17,7 +17,6 @@ was interrupted (a restart, a crash), and the poll pushes it again.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -34,7 +33,7 @@ from connector.transfer_receipts import send_statements
 from connector.transfer_states import Message
 from connector.transfers import Pending, delivered, end_by_provider, needs_push, undeliverable
 from runtime.logging import get_logger
-from runtime.polling import PollFailures
+from runtime.polling import PollFailures, poll_forever
 from runtime.service import ServiceCore
 
 _TABLE = table_of(TransferRow)
@@ -258,20 +257,13 @@ class TransferWorker:
 
     async def run(self) -> None:
         """Poll for due messages until cancelled."""
+
+        async def step() -> None:
+            for transfer_id in await run_in_threadpool(self._due):
+                await self.deliver(transfer_id)
+            if self.pusher is not None:
+                for transfer_id in await run_in_threadpool(self._interrupted_pushes):
+                    self._spawn(self._push(transfer_id))
+
         failures = PollFailures(log, "transfer worker poll failed", POLL_SECONDS)
-        while True:
-            try:
-                for transfer_id in await run_in_threadpool(self._due):
-                    await self.deliver(transfer_id)
-                if self.pusher is not None:
-                    for transfer_id in await run_in_threadpool(self._interrupted_pushes):
-                        self._spawn(self._push(transfer_id))
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                failures.failed(exc)
-            else:
-                failures.succeeded()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=failures.wait)
-            self._wake.clear()
+        await poll_forever(step, failures, self._wake)

@@ -10,6 +10,9 @@ when the loop recovers, and doubles the wait between polls while failures last.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from sqlalchemy.exc import OperationalError
@@ -46,3 +49,27 @@ class PollFailures:
         if self.streak:
             self._log.info(f"{self._event}: recovered", failed_polls=self.streak)
         self.streak = 0
+
+
+async def poll_forever(
+    step: Callable[[], Awaitable[None]], failures: PollFailures, wake: asyncio.Event | None = None
+) -> None:
+    """Run ``step`` until cancelled: again after ``failures.wait`` seconds, or sooner when ``wake`` is set.
+
+    A failing step is counted by ``failures`` (which also lengthens the wait) and never ends the loop.
+    """
+    while True:
+        try:
+            await step()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            failures.failed(exc)
+        else:
+            failures.succeeded()
+        if wake is None:
+            await asyncio.sleep(failures.wait)
+            continue
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(wake.wait(), timeout=failures.wait)
+        wake.clear()

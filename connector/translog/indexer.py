@@ -7,14 +7,12 @@ per million entries). This loop catches up every few seconds, off the request pa
 
 from __future__ import annotations
 
-import asyncio
-
 from sqlalchemy import Engine
 from starlette.concurrency import run_in_threadpool
 
 from connector.translog import store
 from runtime.logging import get_logger
-from runtime.polling import PollFailures
+from runtime.polling import PollFailures, poll_forever
 
 log = get_logger("tessera.translog.indexer")
 INTERVAL_SECONDS = 5.0
@@ -27,14 +25,9 @@ class LeafHashIndexer:
 
     async def run(self) -> None:
         """Catch the leaf-hash index up every ``interval_seconds`` until cancelled."""
+
+        async def step() -> None:
+            await run_in_threadpool(store.index_leaf_hashes, self.engine)
+
         failures = PollFailures(log, "leaf-hash index catch-up failed", self.interval_seconds, max_wait=60.0)
-        while True:
-            try:
-                await run_in_threadpool(store.index_leaf_hashes, self.engine)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                failures.failed(exc)
-            else:
-                failures.succeeded()
-            await asyncio.sleep(failures.wait)
+        await poll_forever(step, failures)
