@@ -7,9 +7,10 @@ by hand, from ``TESSERA_DATABASE_URL``.
 from __future__ import annotations
 
 import os
+import zlib
 
 from alembic import context
-from sqlalchemy import MetaData, create_engine, pool
+from sqlalchemy import Connection, MetaData, create_engine, pool, text
 
 
 def _database_url() -> str:
@@ -17,6 +18,21 @@ def _database_url() -> str:
     if not url:
         raise SystemExit("set TESSERA_DATABASE_URL to the database to migrate")
     return str(url).replace("postgresql://", "postgresql+psycopg://", 1)
+
+
+def _serialise_migrations(connection: Connection) -> None:
+    """On PostgreSQL, one migration run at a time per database (and service).
+
+    Replicas starting together each migrate at start-up: without this, two would create the same
+    tables at once and one would fail. The lock is the transaction's, taken before Alembic reads
+    the current revision, so the second run waits, then finds the schema at head and does nothing.
+    SQLite needs nothing: its writer lock already serialises the runs.
+    """
+    if connection.dialect.name != "postgresql":
+        return
+    service = str(context.config.attributes.get("service") or "tessera")
+    key = zlib.crc32(f"tessera-migrations:{service}".encode())
+    connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
 
 
 def run(target_metadata: MetaData) -> None:
@@ -34,5 +50,6 @@ def run(target_metadata: MetaData) -> None:
             render_as_batch=connection.dialect.name == "sqlite",
         )
         with context.begin_transaction():
+            _serialise_migrations(connection)
             context.run_migrations()
     engine.dispose()

@@ -145,3 +145,27 @@ def test_plain_alembic_without_a_database_url_says_which_variable(tmp_path: Path
     assert completed.returncode != 0
     assert "TESSERA_DATABASE_URL" in completed.stderr
     assert "Traceback" not in completed.stderr
+
+
+@pytest.mark.parametrize(("service", "metadata"), HISTORIES, ids=[s for s, _ in HISTORIES])
+def test_replicas_migrating_a_fresh_database_at_once_all_start(
+    database_url: str, service: str, metadata: MetaData
+) -> None:
+    """Replicas started together each migrate first: every one must succeed, the schema made once."""
+    code = "import sys; from runtime.migrate import upgrade; upgrade(sys.argv[1], sys.argv[2])"
+    runs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, service, database_url],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        for _ in range(3)
+    ]
+    outputs = [run.communicate(timeout=120)[0].decode() for run in runs]
+    assert [run.returncode for run in runs] == [0, 0, 0], outputs
+    engine = make_engine(database_url)
+    try:
+        _assert_matches_models(engine, service, metadata)
+    finally:
+        engine.dispose()
