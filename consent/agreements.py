@@ -23,6 +23,8 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import Session, col, select
 
 from consent.errors import Conflict, NotFound
@@ -104,12 +106,21 @@ def ensure_organisation(session: Session, did: str, name: str | None = None) -> 
     """The controller's row, created (with a fresh pseudonymisation key) on first use."""
     organisation = session.get(Organisation, did)
     if organisation is None:
-        organisation = Organisation(
-            did=did, name=name or did, pseudonym_key=new_pseudonym_key(), registered_at=now_millis()
-        )
-        session.add(organisation)
-        session.flush()
-    elif name and organisation.name != name:
+        # Several first requests of a new connector may race here: each inserts unless a row is
+        # there by then, and all read back the one that won (and so the same pseudonym key).
+        values = {
+            "did": did,
+            "name": name or did,
+            "pseudonym_key": new_pseudonym_key(),
+            "registered_at": now_millis(),
+        }
+        dialect = session.get_bind().dialect.name
+        insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
+        session.execute(insert(Organisation).values(**values).on_conflict_do_nothing(index_elements=["did"]))
+        organisation = session.get(Organisation, did, populate_existing=True)
+        if organisation is None:  # not possible once the insert has run; never return a half-made row
+            raise RuntimeError(f"the organisation {did} could not be stored")
+    if name and organisation.name != name:
         organisation.name = name
         session.add(organisation)
     return organisation

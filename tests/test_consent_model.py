@@ -325,3 +325,27 @@ def test_concurrent_changes_keep_one_consistent_history(database_url: str) -> No
             assert len(entries) == events
             (switch, _) = service.switches(session, frank)
             assert switch.state == entries[0].state  # the record says what its newest event says
+
+
+def test_an_organisation_first_seen_by_many_requests_at_once_gets_one_key(database_url: str) -> None:
+    """The first requests of a new connector race to create its row: all succeed, with one pseudonym key."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from consent.agreements import pseudonym_key_of
+
+    newcomer = "did:web:newcomer.example"
+    with consent_engine(database_url) as engine:
+        start = threading.Barrier(6)
+
+        def first_use(_: int) -> str:
+            with Session(engine) as session:
+                start.wait()
+                return pseudonym_key_of(session, newcomer)
+
+        with ThreadPoolExecutor(max_workers=6) as pool:
+            keys = list(pool.map(first_use, range(6)))
+        with Session(engine) as session:
+            stored = session.get(Organisation, newcomer)
+            assert stored is not None
+        assert set(keys) == {stored.pseudonym_key}
