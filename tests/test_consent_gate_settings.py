@@ -43,6 +43,24 @@ def test_plain_http_is_only_for_this_machine(tmp_path: Path) -> None:
         )
 
 
+def test_plain_http_on_a_private_network_is_an_explicit_choice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Containers on one host reach the consent service by name over http, as compose sets it up."""
+    monkeypatch.setenv("TESSERA_CONSENT_SERVICE_URL", "http://consent:8004/")
+    monkeypatch.setenv("TESSERA_CONSENT_SERVICE_DID", "did:web:consent%3A8004")
+    monkeypatch.setenv("TESSERA_CONSENT_SERVICE_PLAIN_HTTP", "true")
+    settings = _settings(tmp_path)
+    assert (settings.consent_service_url, settings.consent_service_plain_http) == (
+        "http://consent:8004",
+        True,
+    )
+
+    monkeypatch.setenv("TESSERA_CONSENT_SERVICE_URL", "ftp://consent:8004")
+    with pytest.raises(Exception, match="https"):
+        load_settings(ConnectorSettings, tmp_path / "transit")
+
+
 def test_without_settings_the_closed_gate_stays(make_connector: Callable[..., Participant]) -> None:
     transit = make_connector("transit")
     assert consent_gate_for(transit.core) is None

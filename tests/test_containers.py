@@ -28,6 +28,7 @@ import httpx
 import pytest
 import yaml
 
+from connector.settings import ConnectorSettings
 from runtime.participant import init_participant
 from runtime.settings import ParticipantSettings, load_settings
 from tests.conftest import CliResult, free_port
@@ -150,6 +151,23 @@ def test_compose_participant(name: str, tmp_path: Path) -> None:
         database_url=env["TESSERA_DATABASE_URL"],
     )
     assert settings.did == f"did:web:{name}%3A{port}"
+    if kind == "connector":
+        # Each connector asks the compose network's consent service, whose DID it trusts (TESSERA_PEERS).
+        connector = ConnectorSettings(
+            data_dir=tmp_path,
+            name=env["TESSERA_NAME"],
+            port=int(env["TESSERA_PORT"]),
+            public_url=env["TESSERA_PUBLIC_URL"],
+            consent_service_url=env["TESSERA_CONSENT_SERVICE_URL"],
+            consent_service_did=env["TESSERA_CONSENT_SERVICE_DID"],
+            consent_service_plain_http=env["TESSERA_CONSENT_SERVICE_PLAIN_HTTP"],
+        )
+        consent_port = PARTICIPANTS["consent"][1]
+        assert connector.consent_service_url == f"http://consent:{consent_port}"
+        assert connector.consent_service_did == f"did:web:consent%3A{consent_port}"
+        assert f"http://consent:{consent_port}{DID_PATH}" in peers
+    else:
+        assert not any(variable.startswith("TESSERA_CONSENT_SERVICE") for variable in env)
 
 
 def test_compose_participants_do_not_share_state() -> None:
