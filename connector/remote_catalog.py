@@ -17,7 +17,7 @@ from sqlmodel import Session
 from catalog.jsonld import DSPACE_CONTEXT_URL
 from catalog.queryspec import QuerySpec
 from catalog.vocabulary import DSP_PROTOCOL as DSP_PROTOCOL  # re-exported for callers
-from identity.peer_client import PeerClient
+from identity.peer_client import PeerClient, ResponseTooLarge
 from identity.trustlist import MemberView, get_member
 
 MAX_REMOTE_BYTES = 32 * 1024 * 1024
@@ -61,12 +61,12 @@ async def _call(
     client: PeerClient, member: MemberView, method: str, url: str, json: Any = None
 ) -> RemoteResponse:
     try:
-        response = await client.request(member.did, method, url, json=json)
+        response = await client.request(member.did, method, url, json=json, max_bytes=MAX_REMOTE_BYTES)
+    except ResponseTooLarge:  # stopped while reading: never held more than the limit
+        raise RemoteCatalogError(f"{member.did} sent more than {MAX_REMOTE_BYTES} bytes") from None
     except httpx.HTTPError as exc:
         raise RemoteCatalogError(f"{member.did} at {member.dsp_url} could not be reached: {exc}") from None
     body = response.content
-    if len(body) > MAX_REMOTE_BYTES:
-        raise RemoteCatalogError(f"{member.did} sent more than {MAX_REMOTE_BYTES} bytes")
     if response.status_code != 200:
         try:
             remote: Any = response.json()

@@ -13,6 +13,17 @@ from identity.errors import DidError
 from identity.tokens import issue_token
 
 MAX_DID_DOCUMENT_BYTES = 64 * 1024
+# What a peer's answer may weigh unless the caller says otherwise (a catalog page is the largest).
+MAX_RESPONSE_BYTES = 32 * 1024 * 1024
+_ENCODING_HEADERS = frozenset({"content-encoding", "content-length", "transfer-encoding"})
+
+
+class ResponseTooLarge(httpx.HTTPError):
+    """A peer's answer exceeded what the caller reads."""
+
+    def __init__(self, message: str, *, request: httpx.Request) -> None:
+        super().__init__(message)
+        self.request = request
 
 
 class PeerClient:
@@ -45,10 +56,33 @@ class PeerClient:
         json: Any = None,
         data: dict[str, str] | None = None,
         headers: dict[str, str] | None = None,
+        max_bytes: int = MAX_RESPONSE_BYTES,
     ) -> httpx.Response:
-        """``json`` or a URL-encoded form ``data`` as the body (never secrets in the URL)."""
+        """``json`` or a URL-encoded form ``data`` as the body (never secrets in the URL).
+
+        The answer is read whole, but never more than ``max_bytes`` of it (after content decoding,
+        so a compressed bomb is stopped too): a peer that sends more gets ``ResponseTooLarge``, an
+        ``httpx.HTTPError`` like any other failed exchange.
+        """
         merged = {"Authorization": self.authorization_for(audience), **(headers or {})}
-        return await self._client.request(method, url, json=json, data=data, headers=merged)
+        request = self._client.build_request(method, url, json=json, data=data, headers=merged)
+        response = await self._client.send(request, stream=True)
+        try:
+            declared = response.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > max_bytes:
+                raise ResponseTooLarge(
+                    f"{url} announced {declared} bytes, more than {max_bytes}", request=request
+                )
+            body = bytearray()
+            async for chunk in response.aiter_bytes():
+                body += chunk
+                if len(body) > max_bytes:
+                    raise ResponseTooLarge(f"{url} sent more than {max_bytes} bytes", request=request)
+        finally:
+            await response.aclose()
+        # The body as read (decoded): the headers that described its encoding no longer apply.
+        kept = [(k, v) for k, v in response.headers.multi_items() if k.lower() not in _ENCODING_HEADERS]
+        return httpx.Response(response.status_code, headers=kept, content=bytes(body), request=request)
 
     async def get_bounded(self, audience: str, url: str, max_bytes: int) -> tuple[int, bytes]:
         """GET ``url`` as a peer; (status, body). ValueError when the body exceeds ``max_bytes``."""
