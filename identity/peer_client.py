@@ -84,17 +84,6 @@ class PeerClient:
         kept = [(k, v) for k, v in response.headers.multi_items() if k.lower() not in _ENCODING_HEADERS]
         return httpx.Response(response.status_code, headers=kept, content=bytes(body), request=request)
 
-    async def get_bounded(self, audience: str, url: str, max_bytes: int) -> tuple[int, bytes]:
-        """GET ``url`` as a peer; (status, body). ValueError when the body exceeds ``max_bytes``."""
-        headers = {"Authorization": self.authorization_for(audience)}
-        async with self._client.stream("GET", url, headers=headers) as response:
-            body = bytearray()
-            async for chunk in response.aiter_bytes():
-                body += chunk
-                if len(body) > max_bytes:
-                    raise ValueError(f"{url} sent more than {max_bytes} bytes")
-            return response.status_code, bytes(body)
-
     async def aclose(self) -> None:
         await self._client.aclose()
 

@@ -34,7 +34,7 @@ from connector.translog.models import LogAlertRow, WitnessedLogRow
 from connector.translog.note import MAX_NOTE_BYTES, NoteError, cosign, open_note
 from connector.translog.store import append_entry
 from identity.keys import public_key_from_jwk
-from identity.peer_client import PeerClient
+from identity.peer_client import PeerClient, ResponseTooLarge
 from identity.trustlist import MemberView, list_members
 from runtime.logging import get_logger
 from runtime.settings import DSP_PATH
@@ -85,14 +85,14 @@ class Witness:
 
     async def _get(self, member: MemberView, url: str, max_bytes: int) -> bytes:
         try:
-            status, body = await self.client.get_bounded(member.did, url, max_bytes)
-        except ValueError as exc:
+            response = await self.client.request(member.did, "GET", url, max_bytes=max_bytes)
+        except ResponseTooLarge as exc:
             raise WitnessFailure(str(exc)) from None
         except Exception as exc:  # httpx errors: unreachable, timeouts
             raise WitnessFailure(f"{url} could not be fetched: {type(exc).__name__}") from None
-        if status != 200:
-            raise WitnessFailure(f"{url} answered HTTP {status}")
-        return body
+        if response.status_code != 200:
+            raise WitnessFailure(f"{url} answered HTTP {response.status_code}")
+        return response.content
 
     async def _consistency(self, member: MemberView, base: str, first: int, second: int) -> list[bytes]:
         body = await self._get(
