@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import json
 import threading
@@ -32,9 +33,10 @@ class _Peer(BaseHTTPRequestHandler):
             self.send_header("transfer-encoding", "chunked")
             self.end_headers()
             chunk = b"x" * 65536
-            for _ in range(16):
-                self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
-            self.wfile.write(b"0\r\n\r\n")
+            with contextlib.suppress(ConnectionError):  # the client hangs up once it has read enough
+                for _ in range(16):
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                self.wfile.write(b"0\r\n\r\n")
         elif self.path == "/announced":
             self.send_response(200)
             self.send_header("content-length", str(10 * LIMIT))
