@@ -159,9 +159,9 @@ class NegotiationWorker:
                 session.commit()
                 return
             if error is None:
-                # The lease goes with the final commit only: recording an agreement commits on its
-                # own first, and a free lease would let the counter-party's next message (waiting in
-                # ``settle``) apply to the row before this delivery is recorded, and be overwritten.
+                # The lease goes with the commit that records the delivery: a lease freed earlier
+                # would let the counter-party's next message (waiting in ``settle``) apply to the
+                # row before this delivery is recorded, and be overwritten by it.
                 delivered(session, row, pending, answer, commit=False)
                 self._release_in(row)
                 session.add(row)

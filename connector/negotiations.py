@@ -24,7 +24,7 @@ from sqlmodel import Session
 
 from catalog.assets import now_millis
 from catalog.contract_definitions import get_contract_definition
-from catalog.models import Asset
+from catalog.errors import ConflictError
 from catalog.queryspec import A_ID, selector_condition, table_of
 from connector.dsp import negotiation_messages as wire
 from connector.translog import events as translog
@@ -374,8 +374,8 @@ def delivered(
     """The counter-party accepted our message: now our state moves."""
     after = transition(_state(row), pending.message, _role(row))
     if pending.message is Message.AGREEMENT and pending.agreement is not None:
-        # Recorded first, in its own commit: if we stop before the row below is saved, the retry finds
-        # the agreement already stored and only the row moves on.
+        # Saved with the row's move to AGREED, in the caller's commit (a retry after a stop between
+        # two commits would find the agreement stored; with one, either both are there or neither).
         agreement = pending.agreement
         if get_agreement(session, agreement["@id"]) is None:
             store_agreement(
@@ -391,6 +391,7 @@ def delivered(
                     provider_signature=pending.body.get(wire.SIGNATURE_MEMBER),
                     consumer_signature=None,
                 ),
+                commit=False,
             )
         row.agreement_id = agreement["@id"]
     if pending.message in (Message.OFFER, Message.REQUEST) and isinstance(pending.body.get("offer"), dict):
@@ -438,15 +439,15 @@ def _log_conclusion(
 # ---------------------------------------------------------------- the provider's side
 
 
-def _request_context(session: Session, did: str) -> RequestContext:
-    member = get_member(session, did)
+def _context_of(did: str, memberships: frozenset[str]) -> RequestContext:
     # Purpose, count and elapsed time constrain the use of the data: usage control decides them at
     # every access (connector.usage); a negotiation decides who may agree, and whether now.
-    return RequestContext(
-        participant_id=did,
-        memberships=frozenset(member.memberships if member else ()),
-        stage="negotiation",
-    )
+    return RequestContext(participant_id=did, memberships=memberships, stage="negotiation")
+
+
+def _request_context(session: Session, did: str) -> RequestContext:
+    member = get_member(session, did)
+    return _context_of(did, frozenset(member.memberships if member else ()))
 
 
 def _policy_decision(core: ServiceCore, policy_id: str, context: RequestContext) -> Decision:
@@ -463,8 +464,17 @@ class ResolvedOffer:
     offer: dict[str, Any]  # our offer, DSP form, with target
 
 
-def resolve_offer(session: Session, core: ServiceCore, peer_did: str, offer: dict[str, Any]) -> ResolvedOffer:
-    """Check that ``offer`` is one we made to this peer and is still current; 400 naming why not."""
+def resolve_offer(
+    session: Session,
+    core: ServiceCore,
+    peer_did: str,
+    offer: dict[str, Any],
+    context: RequestContext | None = None,
+) -> ResolvedOffer:
+    """Check that ``offer`` is one we made to this peer and is still current; 400 naming why not.
+
+    ``context``: the peer as its request's authentication found it (else read from the trust list).
+    """
     offer_id = offer.get("@id")
     if not isinstance(offer_id, str):
         raise NegotiationError(400, "the offer has no @id")
@@ -473,9 +483,9 @@ def resolve_offer(session: Session, core: ServiceCore, peer_did: str, offer: dic
         raise NegotiationError(400, f"offer {offer_id!r} is not an offer this provider made")
     definition = get_contract_definition(session, parsed.contract_definition_id)
     contract = get_policy_definition(session, definition.contract_policy_id) if definition else None
-    if definition is None or contract is None or session.get(Asset, parsed.asset_id) is None:
+    if definition is None or contract is None:
         raise NegotiationError(400, f"offer {offer_id} is no longer offered")
-    selected = session.scalars(
+    selected = session.scalars(  # none when the asset is gone, or no longer selected by the definition
         select(A_ID).where(A_ID == parsed.asset_id, selector_condition([definition.assets_selector]))
     ).first()
     if selected is None:
@@ -487,7 +497,8 @@ def resolve_offer(session: Session, core: ServiceCore, peer_did: str, offer: dic
     target = offer.get("target")
     if target is not None and target != parsed.asset_id:
         raise NegotiationError(400, f"offer {offer_id} is for {parsed.asset_id}, not {target}")
-    access = _policy_decision(core, definition.access_policy_id, _request_context(session, peer_did))
+    context = context or _request_context(session, peer_did)
+    access = _policy_decision(core, definition.access_policy_id, context)
     if not access.allowed:
         # The offer is not in this peer's catalog; say so without the access policy's details.
         raise NegotiationError(400, f"offer {offer_id} is not an offer this provider made to you")
@@ -497,7 +508,8 @@ def resolve_offer(session: Session, core: ServiceCore, peer_did: str, offer: dic
 
 def provider_receive_initial_request(
     session: Session, core: ServiceCore, peer: Peer, message: dict[str, Any]
-) -> NegotiationRow:
+) -> tuple[NegotiationRow, bool]:
+    """(the negotiation, whether this request created it: False for a repeat, answered as before)."""
     consumer_pid = message["consumerPid"]
     callback = message.get("callbackAddress")
     if not isinstance(callback, str) or not address_is_under(callback, peer.dsp_url):
@@ -510,8 +522,9 @@ def provider_receive_initial_request(
         )
     ).first()
     if existing is not None:  # a repeated initial request (the consumer retried): same answer
-        return existing
-    resolved = resolve_offer(session, core, peer.did, message["offer"])
+        return existing, False
+    context = _context_of(peer.did, peer.memberships)
+    resolved = resolve_offer(session, core, peer.did, message["offer"], context)
     row = NegotiationRow(
         id=str(uuid.uuid4()),
         role=Role.PROVIDER.value,
@@ -528,10 +541,12 @@ def provider_receive_initial_request(
         updated_at=now_millis(),
     )
     if row.approval == "automatic":
-        _provider_agree_or_refuse(session, core, row)
+        _provider_agree_or_refuse(
+            session, core, row, contract_policy_id=resolved.contract_policy_id, context=context
+        )
     session.add(row)
     session.commit()
-    return row
+    return row, True
 
 
 def _build_agreement(core: ServiceCore, row: NegotiationRow) -> dict[str, Any]:
@@ -551,16 +566,25 @@ def _build_agreement(core: ServiceCore, row: NegotiationRow) -> dict[str, Any]:
 
 
 def _provider_agree_or_refuse(
-    session: Session, core: ServiceCore, row: NegotiationRow, *, by_operator: bool = False
+    session: Session,
+    core: ServiceCore,
+    row: NegotiationRow,
+    *,
+    by_operator: bool = False,
+    contract_policy_id: str | None = None,
+    context: RequestContext | None = None,
 ) -> None:
     """Agree when the contract policy admits the consumer; otherwise terminate, saying why.
 
     An operator's "agree" is refused instead (409, with the explanation): a person asked, so the
-    negotiation stays as it was for them to decide what next.
+    negotiation stays as it was for them to decide what next. ``contract_policy_id`` and
+    ``context``: what the caller has just read (else they are read here).
     """
-    definition = get_contract_definition(session, row.contract_definition_id or "")
-    policy_id = definition.contract_policy_id if definition else ""
-    decision = _policy_decision(core, policy_id, _request_context(session, row.counter_party_did))
+    if contract_policy_id is None:
+        definition = get_contract_definition(session, row.contract_definition_id or "")
+        contract_policy_id = definition.contract_policy_id if definition else ""
+    context = context or _request_context(session, row.counter_party_did)
+    decision = _policy_decision(core, contract_policy_id, context)
     if not decision.allowed and by_operator:
         raise NegotiationError(
             409, f"the contract policy does not admit {row.counter_party_did}: {decision.explanation}", row
@@ -687,7 +711,10 @@ def _provider_receive_verification(session: Session, row: NegotiationRow, messag
             ) from None
     _receive(row, Message.VERIFICATION)
     if isinstance(signature, str):
-        set_consumer_signature(session, record.id, signature)
+        try:  # in this transaction: VERIFIED, the signature and the FINALIZED queued are saved together
+            set_consumer_signature(session, record.id, signature, commit=False)
+        except ConflictError as exc:
+            raise NegotiationError(409, str(exc), row) from None
     if row.approval == "automatic":
         _enqueue(row, _event(row, Message.FINALIZED))
 
@@ -760,20 +787,26 @@ def _consumer_receive_agreement(
             ) from None
     _receive(row, Message.AGREEMENT)
     own_signature = sign_agreement(agreement, core.key, f"{core.settings.did}#{KEY_FRAGMENT}")
-    store_agreement(
-        session,
-        AgreementRecord(
-            id=agreement["@id"],
-            negotiation_id=row.id,
-            provider_did=row.counter_party_did,
-            consumer_did=core.settings.did,
-            asset_id=agreement["target"],
-            agreement=agreement,
-            signed_at=now_millis(),
-            provider_signature=signature if isinstance(signature, str) else None,
-            consumer_signature=own_signature,
-        ),
+    # In this transaction: AGREED, the agreement and our verification queued are saved together (a
+    # stop between two commits would leave AGREED with nothing queued, and the provider's retry
+    # would be answered as a repeat: stuck on both sides).
+    record = AgreementRecord(
+        id=agreement["@id"],
+        negotiation_id=row.id,
+        provider_did=row.counter_party_did,
+        consumer_did=core.settings.did,
+        asset_id=agreement["target"],
+        agreement=agreement,
+        signed_at=now_millis(),
+        provider_signature=signature if isinstance(signature, str) else None,
+        consumer_signature=own_signature,
     )
+    try:
+        store_agreement(session, record, commit=False)
+    except ConflictError:
+        raise NegotiationError(
+            409, f"agreement {agreement['@id']} is already recorded for another negotiation", row
+        ) from None
     row.agreement_id = agreement["@id"]
     if row.approval == "automatic":
         _enqueue(row, _verification(row, own_signature))

@@ -76,8 +76,12 @@ def _record(row: AgreementRow) -> AgreementRecord:
     )
 
 
-def store_agreement(session: Session, record: AgreementRecord) -> AgreementRecord:
-    """Insert ``record``; ConflictError when an agreement with its id exists already."""
+def store_agreement(session: Session, record: AgreementRecord, *, commit: bool = True) -> AgreementRecord:
+    """Insert ``record``; ConflictError when an agreement with its id exists already.
+
+    With ``commit=False`` it joins the caller's transaction (flushed, committed by the caller), so
+    that the agreement and what the caller records with it are saved together or not at all.
+    """
     agreement_id = record.agreement.get("@id")
     if agreement_id is not None and agreement_id != record.id:
         raise InvalidInputError(
@@ -99,17 +103,18 @@ def store_agreement(session: Session, record: AgreementRecord) -> AgreementRecor
         )
     )
     try:
-        session.commit()
+        session.commit() if commit else session.flush()
     except IntegrityError:  # another replica stored the same id in between
         session.rollback()
         raise ConflictError(f"ContractAgreement with ID {record.id} already exists") from None
     return record
 
 
-def set_consumer_signature(session: Session, agreement_id: str, jws: str) -> None:
+def set_consumer_signature(session: Session, agreement_id: str, jws: str, *, commit: bool = True) -> None:
     """Record the consumer's counter-signature. Storing the same one again is a no-op; a
     different one is refused (Ed25519 signatures are deterministic: same key, same agreement,
-    same signature), so evidence once recorded is never replaced."""
+    same signature), so evidence once recorded is never replaced. ``commit=False``: the caller's
+    transaction saves it."""
     row = session.get(AgreementRow, agreement_id)
     if row is None:
         raise NotFoundError(f"Object of type ContractAgreement with ID={agreement_id} was not found")
@@ -119,7 +124,8 @@ def set_consumer_signature(session: Session, agreement_id: str, jws: str) -> Non
         raise ConflictError(f"ContractAgreement {agreement_id} already has a different consumer signature")
     row.consumer_signature = jws
     session.add(row)
-    session.commit()
+    if commit:
+        session.commit()
 
 
 def get_agreement(session: Session, agreement_id: str) -> AgreementRecord | None:

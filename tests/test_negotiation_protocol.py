@@ -877,15 +877,15 @@ def test_a_callback_overtaking_the_recorded_answer_waits_for_it(
 def test_a_verification_overtaking_the_recorded_agreement_is_not_lost(
     make_connector: MakeConnector, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The provider records a delivered agreement in two commits (the agreement, then the row). A
-    consumer's verification arriving between them must wait for the second, not be applied and
-    then overwritten by it (the negotiation would stay AGREED on the provider, FINALIZED nowhere)."""
+    """A consumer's verification arriving while the provider is still recording the delivered
+    agreement must wait for that record, not be applied and then overwritten by it (the negotiation
+    would stay AGREED on the provider, FINALIZED nowhere)."""
     from contracts.agreements import store_agreement as stored_agreement
 
     recorded_late = threading.Event()
 
-    def slowly_stored(*args: Any) -> Any:
-        record = stored_agreement(*args)  # committed: only the row's move to AGREED is left
+    def slowly_stored(*args: Any, **kwargs: Any) -> Any:
+        record = stored_agreement(*args, **kwargs)  # the row's move to AGREED is not recorded yet
         time.sleep(1.5)
         recorded_late.set()
         return record
@@ -895,7 +895,7 @@ def test_a_verification_overtaking_the_recorded_agreement_is_not_lost(
         consumer_pid = _pid()
         provider_pid = state_object(side.request(consumerPid=consumer_pid), 201, "REQUESTED")["providerPid"]
         [hit] = side.fake.wait_for(f"/negotiations/{consumer_pid}/agreement")
-        time.sleep(0.3)  # the provider is now between its two commits
+        time.sleep(0.3)  # the provider is now recording the delivery
         response = side.send(
             f"/{provider_pid}/agreement/verification",
             _verification(side, provider_pid, consumer_pid, hit.body["agreement"]),

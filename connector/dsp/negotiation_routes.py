@@ -159,11 +159,15 @@ def negotiation_router() -> APIRouter:
         core = service_core(request)
         session.expire_on_commit = False  # the answer reads only what this request wrote
         try:
-            row = await run_in_threadpool(provider_receive_initial_request, session, core, peer, message)
+            row, created = await run_in_threadpool(
+                provider_receive_initial_request, session, core, peer, message
+            )
         except NegotiationError as exc:
             session.rollback()
             raise _error(exc.status, exc.reason, None, message.get("consumerPid")) from None
-        return JSONResponse(_state_object(row), status_code=201, background=_kick(request, row))
+        # A repeat is answered as the first time, without a second delivery or finalized hook.
+        background = _kick(request, row) if created else None
+        return JSONResponse(_state_object(row), status_code=201, background=background)
 
     @router.post("/offers", status_code=201)
     async def initial_offer(
