@@ -30,7 +30,6 @@ from connector.dsp.transfer_messages import endpoint_properties
 from connector.transfer_models import TransferRow
 from connector.transfer_states import Message, Role, State
 from connector.transfers import (
-    IN_FLIGHT_WAIT_SECONDS,
     PULL,
     PUSH,
     accesses_under,
@@ -41,6 +40,7 @@ from connector.transfers import (
     pending_of,
 )
 from connector.usage import Use, decide_use, only_the_count_denies
+from runtime.outbox import wait_for_record
 from runtime.service import ServiceCore
 
 _TABLE = table_of(TransferRow)
@@ -123,16 +123,14 @@ def _bound_row(session: Session, claims: tokens.DataToken, transfer_id: str) -> 
 
 def _wait_for_start(session: Session, row: TransferRow) -> TransferRow:
     """The consumer may use its token as soon as the start reaches it, before we record its delivery."""
-    deadline = time.monotonic() + IN_FLIGHT_WAIT_SECONDS
-    while (
-        row.state == State.REQUESTED.value and row.pending_message is not None and time.monotonic() < deadline
-    ):
-        pending = pending_of(row)
-        if pending is None or pending.message is not Message.START:
-            break
-        time.sleep(0.02)
-        session.refresh(row)
-    return row
+
+    def start_recorded(current: TransferRow) -> bool:
+        if current.state != State.REQUESTED.value:
+            return True
+        pending = pending_of(current)
+        return pending is None or pending.message is not Message.START
+
+    return wait_for_record(session, row, start_recorded)
 
 
 def authorize(session: Session, core: ServiceCore, transfer_id: str, token: str) -> Access:

@@ -25,6 +25,7 @@ from catalog.assets import now_millis
 from catalog.queryspec import table_of
 from connector.negotiations import Pending, applied_by_counter_party, delivered, state_url, undeliverable
 from contracts.models import NegotiationRow
+from runtime import outbox
 from runtime.logging import get_logger
 from runtime.polling import PollFailures, poll_forever
 from runtime.service import ServiceCore
@@ -134,6 +135,7 @@ class NegotiationWorker:
         finally:
             if not recorded:
                 await run_in_threadpool(self._release, negotiation_id)
+            outbox.records.announce()  # a handler waiting for this outcome (``settle``) looks now
 
     def _record(
         self,

@@ -12,7 +12,6 @@ nothing: the outbox is a column.
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -45,6 +44,7 @@ from identity.trustlist import get_member
 from policies.decision import Decision, RequestContext
 from policies.definitions import get_policy_definition
 from policies.dsp_form import offer_to_dsp
+from runtime.outbox import settle as settle_in_flight
 from runtime.service import ServiceCore
 
 # Set far enough ahead that only the explicit kick after the HTTP answer sends a message queued
@@ -142,10 +142,6 @@ def get_negotiation(session: Session, negotiation_id: str) -> NegotiationRow | N
     return session.get(NegotiationRow, negotiation_id)
 
 
-# How long a message from the counter-party may wait for our own delivery in flight to be recorded.
-IN_FLIGHT_WAIT_SECONDS = 5.0
-
-
 def settle(session: Session, row: NegotiationRow, kind: Message) -> NegotiationRow:
     """``row`` once our own message in flight (if any) is recorded, before judging ``kind`` by it.
 
@@ -153,23 +149,17 @@ def settle(session: Session, row: NegotiationRow, kind: Message) -> NegotiationR
     automatic provider answers the request, then sends the agreement); that one
     can arrive before our worker has recorded the answer, and so the state it
     moves to. While a delivery is in flight (its lease held) and ``kind`` is not
-    allowed yet, wait a little for the worker to finish, re-reading the row.
+    allowed yet, wait for the worker to record it (``runtime.outbox``).
     """
-    deadline = time.monotonic() + IN_FLIGHT_WAIT_SECONDS
-    while (
-        row.pending_message is not None
-        and row.lease_until is not None
-        and row.lease_until > now_millis()
-        and time.monotonic() < deadline
-    ):
+
+    def allowed(current: NegotiationRow) -> bool:
         try:
-            transition(_state(row), kind, _role(row).other)
-            return row
+            transition(_state(current), kind, _role(current).other)
+            return True
         except TransitionError:
-            pass
-        time.sleep(0.02)
-        session.refresh(row)
-    return row
+            return False
+
+    return settle_in_flight(session, row, allowed)
 
 
 # ---------------------------------------------------------------- repeats and lost answers

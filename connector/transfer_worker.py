@@ -32,6 +32,7 @@ from connector.transfer_models import TransferRow
 from connector.transfer_receipts import send_statements
 from connector.transfer_states import Message
 from connector.transfers import Pending, delivered, end_by_provider, needs_push, undeliverable
+from runtime import outbox
 from runtime.logging import get_logger
 from runtime.polling import PollFailures, poll_forever
 from runtime.service import ServiceCore
@@ -161,6 +162,7 @@ class TransferWorker:
             log.exception("transfer delivery failed", transfer=transfer_id)
         finally:
             await run_in_threadpool(self._release, transfer_id)
+            outbox.records.announce()  # a handler waiting for this outcome (``settle``) looks now
         if push and self.pusher is not None:
             self._spawn(self._push(transfer_id))
 

@@ -17,7 +17,6 @@ pushed once the consumer has acknowledged the start.
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -41,10 +40,10 @@ from contracts.models import NegotiationRow
 from contracts.negotiation import State as NegotiationState
 from identity.peer_auth import Peer
 from identity.trustlist import get_member
+from runtime.outbox import settle as settle_in_flight
 from runtime.service import ServiceCore
 
 KICK_GRACE_MS = 1000  # see connector.negotiations: the explicit kick after the answer sends first
-IN_FLIGHT_WAIT_SECONDS = 5.0
 PULL = "PULL"
 PUSH = "PUSH"
 FORMATS = ("HttpData-PULL", "HttpData-PUSH")
@@ -143,23 +142,17 @@ def settle(session: Session, row: TransferRow, kind: Message) -> TransferRow:
 
     The provider answers our request and may send its start at once; that can
     arrive before our worker has recorded the answer. While a delivery is in
-    flight and ``kind`` is not allowed yet, wait a little, re-reading the row.
+    flight and ``kind`` is not allowed yet, wait for it to be recorded (``runtime.outbox``).
     """
-    deadline = time.monotonic() + IN_FLIGHT_WAIT_SECONDS
-    while (
-        row.pending_message is not None
-        and row.lease_until is not None
-        and row.lease_until > now_millis()
-        and time.monotonic() < deadline
-    ):
+
+    def allowed(current: TransferRow) -> bool:
         try:
-            transition(_state(row), kind, _role(row).other)
-            return row
+            transition(_state(current), kind, _role(current).other)
+            return True
         except TransitionError:
-            pass
-        time.sleep(0.02)
-        session.refresh(row)
-    return row
+            return False
+
+    return settle_in_flight(session, row, allowed)
 
 
 # ---------------------------------------------------------------- the outbox
