@@ -25,6 +25,13 @@ from tests.conftest import Participant
 MakeConnector = Callable[..., Participant]
 
 
+@pytest.fixture
+def in_flight(make_connector: MakeConnector) -> tuple[Engine, str]:
+    """A connector's database, and a negotiation whose queued message a worker is delivering now."""
+    engine = make_connector("transit").core.engine
+    return engine, _row_in_flight(engine)
+
+
 def _row_in_flight(engine: Engine) -> str:
     """A negotiation whose queued message a worker is delivering now (its lease held)."""
     row = NegotiationRow(
@@ -80,10 +87,9 @@ def _settled(engine: Engine, negotiation_id: str) -> tuple[NegotiationRow, float
 
 
 def test_the_wait_ends_when_the_worker_announces_its_record(
-    make_connector: MakeConnector, monkeypatch: pytest.MonkeyPatch
+    in_flight: tuple[Engine, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    engine = make_connector("transit").core.engine
-    negotiation_id = _row_in_flight(engine)
+    engine, negotiation_id = in_flight
     # Re-reads far apart: only the announcement can end the wait before the first one.
     monkeypatch.setattr(outbox, "REREAD_SECONDS", 20.0)
     monkeypatch.setattr(outbox, "IN_FLIGHT_WAIT_SECONDS", 60.0)
@@ -95,9 +101,8 @@ def test_the_wait_ends_when_the_worker_announces_its_record(
     assert waited < 10.0, f"woken by the announcement, not by the re-read after 20 s (waited {waited:.1f} s)"
 
 
-def test_a_record_made_elsewhere_is_seen_by_re_reading(make_connector: MakeConnector) -> None:
-    engine = make_connector("transit").core.engine
-    negotiation_id = _row_in_flight(engine)
+def test_a_record_made_elsewhere_is_seen_by_re_reading(in_flight: tuple[Engine, str]) -> None:
+    engine, negotiation_id = in_flight
     # Another replica's worker: its commit is never announced in this process.
     worker = _record_delivery(engine, negotiation_id, announce=False, after=0.2)
     row, _ = _settled(engine, negotiation_id)
@@ -106,10 +111,9 @@ def test_a_record_made_elsewhere_is_seen_by_re_reading(make_connector: MakeConne
 
 
 def test_the_wait_stops_at_its_limit_and_returns_the_row_as_it_is(
-    make_connector: MakeConnector, monkeypatch: pytest.MonkeyPatch
+    in_flight: tuple[Engine, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    engine = make_connector("transit").core.engine
-    negotiation_id = _row_in_flight(engine)
+    engine, negotiation_id = in_flight
     monkeypatch.setattr(outbox, "IN_FLIGHT_WAIT_SECONDS", 0.3)
     row, waited = _settled(engine, negotiation_id)
     assert row.state == "REQUESTED"
@@ -117,9 +121,8 @@ def test_the_wait_stops_at_its_limit_and_returns_the_row_as_it_is(
     assert waited >= 0.3
 
 
-def test_nothing_is_waited_for_when_no_delivery_is_in_flight(make_connector: MakeConnector) -> None:
-    engine = make_connector("transit").core.engine
-    negotiation_id = _row_in_flight(engine)
+def test_nothing_is_waited_for_when_no_delivery_is_in_flight(in_flight: tuple[Engine, str]) -> None:
+    engine, negotiation_id = in_flight
     with Session(engine) as session:
         row = session.get(NegotiationRow, negotiation_id)
         assert row is not None
