@@ -53,13 +53,15 @@ class Metrics:
         return generate_latest(self.registry)
 
 
-def _route_template(request: Request) -> str:
+def _route_template(request: Request, status: int) -> str:
     # Label by route template, not raw path: raw paths would explode label cardinality.
     # Routing records the matched route in the scope; routes of included routers are
     # only found there (the app's own route list holds the router, not its routes).
     matched_path = getattr(request.scope.get("route"), "path", None)
     if isinstance(matched_path, str):
         return matched_path
+    if status == 404:  # routing matched nothing: a second scan would find nothing, at its full cost again
+        return "unmatched"
     for route in request.app.router.routes:
         match, _ = route.matches(request.scope)
         if match == Match.FULL:
@@ -108,7 +110,7 @@ class RequestContextMiddleware:
         finally:
             elapsed = time.perf_counter() - started
             request = Request(scope)
-            route = _route_template(request)
+            route = _route_template(request, status)
             method: str = scope["method"]
             self.metrics.requests.labels(method, route, str(status)).inc()
             self.metrics.latency.labels(method, route).observe(elapsed)
