@@ -642,11 +642,12 @@ def receive(
     elif kind is Message.VERIFICATION:
         _provider_receive_verification(session, row, message)
     elif kind is Message.REQUEST:  # a counter-request from the consumer
-        resolved = resolve_offer(session, core, row.counter_party_did, message["offer"])
+        context = _request_context(session, row.counter_party_did)
+        resolved = resolve_offer(session, core, row.counter_party_did, message["offer"], context)
         _receive(row, kind)
         row.offer = json.dumps(resolved.offer)
         if row.approval == "automatic":
-            _provider_agree_or_refuse(session, core, row)
+            _provider_agree_or_refuse(session, core, row, context=context)
     elif kind is Message.OFFER:  # a counter-offer from the provider
         _receive(row, kind)
         offered = message["offer"]

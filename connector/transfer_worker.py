@@ -185,6 +185,7 @@ class TransferWorker:
         finally:
             renewing.cancel()
             await run_in_threadpool(self._release, transfer_id)
+            outbox.records.announce()
         await self.kick(transfer_id)  # the completion or termination the push queued
 
     def _load(self, transfer_id: str) -> tuple[str, str] | None:
