@@ -103,8 +103,8 @@ def _fail(session: Session, negotiation_id: str, reason: str) -> None:
 def advance(session: Session, core: ServiceCore, negotiation_id: str) -> str | None:
     """Ask for the pull transfer of a FINALIZED EDR negotiation: its transfer id, or None.
 
-    Claiming the row (a conditional UPDATE) and creating the transfer commit together, so two
-    workers (or replicas) never both start one, and a crash starts none or exactly one.
+    Claiming the row (a conditional UPDATE), creating the transfer and linking it commit together,
+    so two workers (or replicas) never both start one, and a crash starts none or exactly one.
     """
     negotiation = session.get(NegotiationRow, negotiation_id)
     edr = session.get(EdrNegotiationRow, negotiation_id)
@@ -126,7 +126,7 @@ def advance(session: Session, core: ServiceCore, negotiation_id: str) -> str | N
         session.rollback()
         return None
     try:
-        transfer = consumer_request(  # commits the claim with the new transfer
+        transfer = consumer_request(  # in the claim's transaction
             session,
             core,
             address=negotiation.counter_party_address,
@@ -135,11 +135,13 @@ def advance(session: Session, core: ServiceCore, negotiation_id: str) -> str | N
             destination=None,
             purpose=purpose,
             callback_addresses=callbacks,
+            commit=False,
         )
     except TransferError as exc:
         session.rollback()
         _fail(session, negotiation_id, f"the transfer could not be requested: {exc.reason}")
         return None
-    session.execute(update(_E).where(_E.c.negotiation_id == negotiation_id).values(transfer_id=transfer.id))
+    transfer_id = transfer.id
+    session.execute(update(_E).where(_E.c.negotiation_id == negotiation_id).values(transfer_id=transfer_id))
     session.commit()
-    return transfer.id
+    return transfer_id

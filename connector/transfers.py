@@ -433,8 +433,12 @@ def consumer_request(
     destination: dict[str, Any] | None,
     purpose: str | None,
     callback_addresses: list[Any] | None = None,
+    commit: bool = True,
 ) -> TransferRow:
-    """Ask the provider for a transfer under one of our agreements (the EDR code builds on this too)."""
+    """Ask the provider for a transfer under one of our agreements (the EDR code builds on this too).
+
+    ``commit=False``: the new transfer joins the caller's transaction (the caller commits it).
+    """
     record = get_agreement(session, agreement_id)
     if record is None or record.consumer_did != core.settings.did:
         raise TransferError(400, f"there is no agreement {agreement_id} under which this connector consumes")
@@ -476,7 +480,8 @@ def consumer_request(
     )
     _enqueue(row, Pending(Message.REQUEST, f"{_peer_address(row)}/transfers/request", body))
     session.add(row)
-    session.commit()
+    if commit:
+        session.commit()
     return row
 
 

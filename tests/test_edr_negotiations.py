@@ -12,13 +12,17 @@ import json
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
+import pytest
 from sqlmodel import Session, select
 
 from catalog.assets import now_millis
+from connector import edr_negotiations
 from connector.edr_models import FAILED, NEGOTIATING, TRANSFER_REQUESTED, EdrNegotiationRow
 from connector.edr_negotiations import advance, agreed_purpose, negotiations_to_advance
 from connector.transfer_models import TransferRow
+from connector.transfers import consumer_request
 from contracts.agreements import AgreementRecord, store_agreement
 from contracts.models import NegotiationRow
 from identity.trustlist import add_member
@@ -132,6 +136,41 @@ def test_concurrent_advances_start_exactly_one_transfer(
         assert negotiations_to_advance(session) == []
     assert _advance(transit, negotiation_id) is None  # nothing more, ever
     assert len(_transfers(transit)) == 1
+
+
+def test_a_stop_before_the_transfer_is_linked_leaves_nothing_and_the_next_advance_starts_it(
+    make_connector: Callable[..., Participant], database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The claim, the new transfer and its link to the EDR negotiation are one commit: a stop in
+    between (here: right after the transfer is created) keeps none of them, so the next poll starts
+    exactly one transfer, linked (before, the claim and transfer were kept and the link was lost)."""
+    city, transit = _pair(make_connector, database_url)
+    agreement_id = f"urn:uuid:{uuid.uuid4()}"
+    negotiation_id = _negotiation(transit, city, "FINALIZED", agreement_id)
+    _agreement(transit, city, negotiation_id, agreement_id)
+    requested = consumer_request
+
+    def stopped_after(*args: Any, **kwargs: Any) -> Any:
+        requested(*args, **kwargs)
+        raise RuntimeError("stopped before the transfer is linked")
+
+    monkeypatch.setattr(edr_negotiations, "consumer_request", stopped_after)
+    with pytest.raises(RuntimeError, match="stopped before"):
+        _advance(transit, negotiation_id)
+    assert _transfers(transit) == []
+    assert (_edr(transit, negotiation_id).state, _edr(transit, negotiation_id).transfer_id) == (
+        NEGOTIATING,
+        None,
+    )
+
+    monkeypatch.setattr(edr_negotiations, "consumer_request", requested)
+    started = _advance(transit, negotiation_id)
+    [transfer] = _transfers(transit)
+    assert started == transfer.id
+    assert (_edr(transit, negotiation_id).state, _edr(transit, negotiation_id).transfer_id) == (
+        TRANSFER_REQUESTED,
+        transfer.id,
+    )
 
 
 def test_a_terminated_negotiation_or_a_refused_request_fails_with_the_reason(
