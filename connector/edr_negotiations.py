@@ -61,9 +61,9 @@ def start_edr_negotiation(
 
     Without a purpose, the transfer declares the offer's purpose when the offer names exactly one.
     """
-    row = consumer_start(session, core, counter_party, address, offer, "automatic")
-    # Committed after the negotiation (consumer_start commits it): the response has not been sent
-    # yet, so a crash in between leaves a client that retries, not an EDR negotiation half-made.
+    # One commit for the negotiation and its EDR row: a negotiation saved without it would never
+    # start its transfer (and the client, never answered, would start another).
+    row = consumer_start(session, core, counter_party, address, offer, "automatic", commit=False)
     session.add(
         EdrNegotiationRow(
             negotiation_id=row.id,

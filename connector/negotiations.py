@@ -720,7 +720,10 @@ def consumer_start(
     address: str,
     offer: dict[str, Any],
     approval: str,
+    *,
+    commit: bool = True,
 ) -> NegotiationRow:
+    """Start negotiating for ``offer`` as the consumer; ``commit=False``: the caller's transaction saves it."""
     member = get_member(session, counter_party)
     if member is None:
         raise NegotiationError(400, f"{counter_party} is not a member of this data space")
@@ -749,7 +752,8 @@ def consumer_start(
     body = wire.request_message(consumer_pid, offer, callback=core.settings.dsp_url)
     _enqueue(row, Pending(Message.REQUEST, f"{_peer_address(row)}/negotiations/request", body))
     session.add(row)
-    session.commit()
+    if commit:
+        session.commit()
     return row
 
 

@@ -20,7 +20,7 @@ from sqlmodel import Session, select
 from catalog.assets import now_millis
 from connector import edr_negotiations
 from connector.edr_models import FAILED, NEGOTIATING, TRANSFER_REQUESTED, EdrNegotiationRow
-from connector.edr_negotiations import advance, agreed_purpose, negotiations_to_advance
+from connector.edr_negotiations import advance, agreed_purpose, negotiations_to_advance, start_edr_negotiation
 from connector.transfer_models import TransferRow
 from connector.transfers import consumer_request
 from contracts.agreements import AgreementRecord, store_agreement
@@ -171,6 +171,33 @@ def test_a_stop_before_the_transfer_is_linked_leaves_nothing_and_the_next_advanc
         TRANSFER_REQUESTED,
         transfer.id,
     )
+
+
+def test_a_stop_before_the_edr_row_is_saved_leaves_no_negotiation(
+    make_connector: Callable[..., Participant], database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The negotiation and its EDR row are one commit: a negotiation saved alone would never start
+    its transfer."""
+    city, transit = _pair(make_connector, database_url)
+
+    def stopped(_offer: Any) -> str:
+        raise RuntimeError("stopped before the EDR row is saved")
+
+    monkeypatch.setattr(edr_negotiations, "agreed_purpose", stopped)
+    offer = {"@id": "offer-1", "target": "bike-counts", "permission": [{"action": "use"}]}
+    with Session(transit.core.engine) as session, pytest.raises(RuntimeError, match="stopped before"):
+        start_edr_negotiation(
+            session,
+            transit.core,
+            counter_party=city.did,
+            address=city.settings.dsp_url,
+            offer=offer,
+            purpose=None,
+            callback_addresses=None,
+        )
+    with Session(transit.core.engine) as session:
+        assert list(session.scalars(select(NegotiationRow))) == []
+        assert list(session.scalars(select(EdrNegotiationRow))) == []
 
 
 def test_a_terminated_negotiation_or_a_refused_request_fails_with_the_reason(
