@@ -40,6 +40,7 @@ from contracts.models import NegotiationRow
 from contracts.negotiation import State as NegotiationState
 from identity.peer_auth import Peer
 from identity.trustlist import get_member
+from runtime.outbox import in_flight
 from runtime.outbox import settle as settle_in_flight
 from runtime.service import ServiceCore
 
@@ -507,7 +508,7 @@ def operator_action(
         raise TransferError(404, f"there is no action {action!r}")
     if _state(row) in TERMINAL:
         raise TransferError(409, f"the transfer is {row.state}; it cannot {action} now", row)
-    if row.pending_message is not None and row.lease_until is not None and row.lease_until > now_millis():
+    if in_flight(row):
         # (A lease with nothing queued is a push in progress: a suspension or termination stops it.)
         raise TransferError(409, "a message is being sent right now; try again in a moment", row)
     if action == "terminate":
