@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import socket
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -127,18 +128,26 @@ def test_an_upload_cut_short_leaves_nothing_and_the_sink_stays_open(
     config, address, data = provider_file
     destination = create_sink_destination(data_dir, url, name="cut.ndjson")
     port = int(url.rsplit(":", 1)[1])
+    lock = data_dir / "sink" / ".registrations" / f"{destination.sink_id}.lock"
     with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
         raw.sendall(
             f"POST /sink/{destination.sink_id} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {destination.secret}\r\n"
             "Content-Length: 100000\r\n\r\n".encode()
             + b"only the beginning"
         )
+        # Hang up only once the server has taken the upload (it holds the sink's lock while it waits
+        # for the rest): hanging up earlier, on a loaded machine, could leave our first look below
+        # to see "no lock" before the server had even started.
+        for _ in range(300):
+            if lock.exists():
+                break
+            time.sleep(0.1)
+        assert lock.exists(), "the server never started taking the upload"
     # the server notices the disconnect and cleans up; poll for it (the machine may be loaded)
     for _ in range(300):
-        lock = data_dir / "sink" / ".registrations" / f"{destination.sink_id}.lock"
         if not lock.exists() and not partials(data_dir):
             break
-        asyncio.run(asyncio.sleep(0.1))
+        time.sleep(0.1)
     assert sink_files(data_dir) == []
     assert partials(data_dir) == []
     result = asyncio.run(push(source_stream(address, config), PushTarget.from_data_address(destination.data_address()),
