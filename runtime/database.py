@@ -1,7 +1,9 @@
 """Database engines: SQLite in the participant directory, or PostgreSQL.
 
 SQLite runs in WAL mode with ``synchronous=NORMAL``: commits are durable
-against process crashes and cost microseconds instead of an fsync each.
+against process crashes and cost microseconds instead of an fsync each. Writers
+in one process queue on a lock of their own (runtime.sqlite_writer) rather
+than on SQLite's sleeping busy handler.
 """
 
 from __future__ import annotations
@@ -10,10 +12,16 @@ from collections.abc import Iterator
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session
 
 from runtime.errors import StartupError
+from runtime.sqlite_writer import connection_factory
+
+# How long a writer waits for another before "database is locked": SQLite's busy timeout for
+# other processes, the in-process writer lock (runtime.sqlite_writer) for this one.
+BUSY_TIMEOUT_SECONDS = 5.0
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -21,7 +29,7 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_SECONDS * 1000)}")
     # LIKE is case-sensitive on PostgreSQL; QuerySpec's "like" must match the same rows here ("ilike" ignores case).
     cursor.execute("PRAGMA case_sensitive_like=ON")
     cursor.close()
@@ -29,7 +37,15 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False})
+        connect_args: dict[str, Any] = {"check_same_thread": False}
+        pooling: dict[str, Any] = {}
+        path = make_url(url).database
+        if path and path != ":memory:":
+            connect_args["factory"] = connection_factory(path, BUSY_TIMEOUT_SECONDS)
+            # Room for every thread of the request thread pool (40): a connection past the pool's
+            # size is closed on return, and the next one pays for opening the file and its pragmas.
+            pooling = {"pool_size": 20, "max_overflow": 20}
+        engine = create_engine(url, connect_args=connect_args, **pooling)
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     return create_engine(
@@ -39,8 +55,6 @@ def make_engine(url: str) -> Engine:
 
 def redact_url(url: str) -> str:
     """The URL with any password replaced, for messages and logs."""
-    from sqlalchemy.engine import make_url
-
     try:
         return make_url(url).render_as_string(hide_password=True)
     except Exception:  # a URL we cannot parse is shown as its scheme only
