@@ -49,6 +49,14 @@ BODIES: list[dict[str, Any]] = [
     {"@context": {"@vocab": EDC_NS}, "@type": "QuerySpec", "limit": 10},
     {"@context": {"@vocab": EDC_NS, "odrl": "http://www.w3.org/ns/odrl/2/"}, "@type": "ContractRequest",
      "policy": OFFER},
+    # Inline contexts that differ only deep inside a term definition, or only in key order: the
+    # shared cache keys inline contexts by their content and must neither confuse nor split them.
+    {"@context": {"@vocab": EDC_NS, "zone": {"@id": "https://example.org/a/zone", "@type": "@id"}},
+     "@type": "QuerySpec", "zone": "north"},
+    {"@context": {"@vocab": EDC_NS, "zone": {"@id": "https://example.org/b/zone", "@type": "@id"}},
+     "@type": "QuerySpec", "zone": "north"},
+    {"@context": {"zone": {"@type": "@id", "@id": "https://example.org/b/zone"}, "@vocab": EDC_NS},
+     "@type": "QuerySpec", "zone": "north"},
 ]  # fmt: skip
 
 
