@@ -16,8 +16,8 @@ CLI, a second server started by mistake).
 The rule for "first write" is the sqlite3 module's own (Python 3.11, legacy
 transaction control): it opens a transaction implicitly before INSERT,
 UPDATE, DELETE and REPLACE, and runs everything else outside one; so that is
-exactly when the lock is taken (and at an explicit BEGIN), and
-``in_transaction`` says when to let go.
+exactly when the lock is taken (and at an explicit BEGIN or an outermost
+SAVEPOINT), and ``in_transaction`` says when to let go.
 """
 
 from __future__ import annotations
@@ -27,9 +27,10 @@ import sqlite3
 import threading
 from typing import Any
 
-# Statements before which the sqlite3 module opens a transaction (Modules/_sqlite/cursor.c), and
-# an explicit BEGIN (the transfer log's ``BEGIN IMMEDIATE``): held from there to the end.
-_WRITE_KEYWORDS = ("INSERT", "UPDATE", "DELETE", "REPLACE", "BEGIN")
+# Statements before which the sqlite3 module opens a transaction (Modules/_sqlite/cursor.c), an
+# explicit BEGIN (the transfer log's ``BEGIN IMMEDIATE``) and a SAVEPOINT outside a transaction
+# (SQLAlchemy's ``begin_nested``; SQLite then opens one): held from there to the end.
+_WRITE_KEYWORDS = ("INSERT", "UPDATE", "DELETE", "REPLACE", "BEGIN", "SAVEPOINT")
 
 _locks: dict[str, threading.Lock] = {}
 _locks_guard = threading.Lock()
@@ -43,7 +44,7 @@ def writer_lock_for(path: str) -> threading.Lock:
 
 
 def _opens_transaction(statement: str) -> bool:
-    return statement.lstrip()[:7].upper().startswith(_WRITE_KEYWORDS)
+    return statement.lstrip()[:9].upper().startswith(_WRITE_KEYWORDS)
 
 
 class SerialisedWriterConnection(sqlite3.Connection):

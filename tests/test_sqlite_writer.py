@@ -94,6 +94,21 @@ def test_an_explicit_begin_takes_the_lock(database: Path) -> None:
     connection.close()
 
 
+def test_an_outermost_savepoint_takes_the_lock_and_its_release_gives_it_back(database: Path) -> None:
+    lock = writer_lock_for(str(database))
+    connection = _connect(database)
+    connection.execute("SAVEPOINT outer_sp")
+    assert lock.locked()
+    connection.execute("INSERT INTO item (name) VALUES ('nested')")
+    connection.execute("SAVEPOINT inner_sp")
+    connection.execute("RELEASE SAVEPOINT inner_sp")
+    assert lock.locked()
+    connection.execute("RELEASE SAVEPOINT outer_sp")  # the outermost release commits
+    assert not lock.locked()
+    assert _names(database) == ["nested"]
+    connection.close()
+
+
 def test_a_reader_is_never_held_up_by_a_writer(database: Path) -> None:
     writer, reader = _connect(database), _connect(database, lock_timeout=0.1)
     writer.execute("INSERT INTO item (name) VALUES ('uncommitted')")
