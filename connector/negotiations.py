@@ -511,8 +511,12 @@ def provider_receive_initial_request(
             _N.role == Role.PROVIDER.value, _N.consumer_pid == consumer_pid, _N.counter_party_did == peer.did
         )
     ).first()
-    if existing is not None:  # a repeated initial request (the consumer retried): same answer
-        return existing, False
+    if existing is not None:
+        if not _same_initial_request(existing, message["offer"], callback):
+            raise NegotiationError(
+                409, f"consumerPid {consumer_pid} names another negotiation with you", existing
+            )
+        return existing, False  # a repeated initial request (the consumer retried): same answer
     context = _context_of(peer.did, peer.memberships)
     resolved = resolve_offer(session, core, peer.did, message["offer"], context)
     row = NegotiationRow(
@@ -537,6 +541,21 @@ def provider_receive_initial_request(
     session.add(row)
     session.commit()
     return row, True
+
+
+def _same_initial_request(row: NegotiationRow, offer: Any, callback: str) -> bool:
+    """Does an initial request name the offer and callback address that ``row`` was started with?
+
+    A repeat is answered as the first time; the same consumerPid for other terms or another
+    address is a different negotiation, which must not be silently answered as the first one.
+    """
+    recorded = json.loads(row.offer)
+    return (
+        isinstance(offer, dict)
+        and offer.get("@id") == recorded.get("@id")
+        and offer.get("target", row.asset_id) == row.asset_id
+        and callback.rstrip("/") == row.counter_party_address
+    )
 
 
 def _build_agreement(core: ServiceCore, row: NegotiationRow) -> dict[str, Any]:

@@ -113,6 +113,15 @@ def test_provider_answers_repeats_as_before_and_still_refuses_conflicts(
         # The initial request again: the same negotiation.
         again = _same_answer_nothing_changed(side.city, lambda: side.request(consumerPid=consumer_pid), 201)
         assert state_object(again, 201, "REQUESTED")["providerPid"] == provider_pid
+        # The same consumerPid for another offer, or with another callback address, is another
+        # negotiation: refused, not answered as this one.
+        _refused_nothing_changed(
+            side.city, lambda: side.request("timetable", consumerPid=consumer_pid), consumer_pid
+        )
+        elsewhere = side.fake.dsp_url.rstrip("/") + "/elsewhere"
+        _refused_nothing_changed(
+            side.city, lambda: side.request(consumerPid=consumer_pid, callbackAddress=elsewhere), consumer_pid
+        )
 
         # A counter-request (after city's counter-offer), then the same again; other terms are a conflict.
         acted(
