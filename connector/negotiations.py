@@ -633,20 +633,20 @@ def _termination(row: NegotiationRow, code: str, reason: str) -> Pending:
 
 def receive(
     session: Session, core: ServiceCore, row: NegotiationRow, kind: Message, message: dict[str, Any]
-) -> bool:
-    """A message from the counter-party for an existing negotiation (both roles).
-
-    False when it is a repeat of the message that produced our state (see ``is_repeat``): answered
-    as before, nothing changed.
-    """
+) -> None:
+    """A message from the counter-party for an existing negotiation (both roles)."""
     # The state machine first: a message the counter-party may not send now (or at all, in its
-    # role) is refused as such before any role's own checks look at it.
+    # role) is refused as such before any role's own checks look at it. So is a repeat of the
+    # message that brought us here (DSP: not allowed in this state; the TCK's CN:03-04): its
+    # sender, if its first answer was lost, learns from our state that it arrived (the worker's
+    # judgement of a 409). The reason says so, to spare a human the puzzle.
     try:
         transition(_state(row), kind, _role(row).other)
     except TransitionError as exc:
+        reason = str(exc)
         if is_repeat(session, row, kind, message):
-            return False
-        raise NegotiationError(409, str(exc), row) from None
+            reason += f"; it repeats the {kind.value} that brought this negotiation to {row.state}"
+        raise NegotiationError(409, reason, row) from None
     if kind is Message.TERMINATION:
         _receive(row, kind)
         row.error_detail = _termination_detail(message)
@@ -686,7 +686,6 @@ def receive(
         _log_conclusion(session, row, "counter-party")
     session.add(row)
     session.commit()
-    return True
 
 
 def _same_terms(a: dict[str, Any], b: dict[str, Any]) -> bool:

@@ -399,10 +399,10 @@ def test_provider_counter_offers_takes_acceptance_and_counter_requests(make_conn
         response = side.send(f"/{provider_pid}/events", _event("ACCEPTED", provider_pid, consumer_pid))
         assert response.status_code == 200, response.text
         state_object(side.state(provider_pid), 200, "ACCEPTED")
-        # The same event again (its answer lost) is answered as before and changes nothing.
+        # The same event again is not allowed in ACCEPTED: refused as a repeat, nothing changed.
         before = _snapshot(side.city)
         response = side.send(f"/{provider_pid}/events", _event("ACCEPTED", provider_pid, consumer_pid))
-        assert response.status_code == 200, response.text
+        negotiation_error(response, 409, "repeats")
         assert _snapshot(side.city) == before
 
         # city's operator terminates: the termination is a valid message, with the reason.

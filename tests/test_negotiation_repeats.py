@@ -1,10 +1,11 @@
 """Lost answers: a message sent again, and the counter-party's next message overtaking an answer.
 
 Message by message (in-process connectors, the test playing the other side as
-in test_negotiation_protocol): an exact repeat of the message that produced
-the receiver's state is answered as the first time and changes nothing (no
-second callback, log entry or signature); a message that conflicts is still a
-409 and changes nothing. Then the sender's side: a refusal after a lost answer
+in test_negotiation_protocol): an initial request or offer sent again is
+answered as the first time; any other message that repeats the one that
+produced the receiver's state is not allowed in that state, so it is a 409
+naming it a repeat and changes nothing (no second callback, log entry or
+signature), as is a message that conflicts. Then the sender's side: a refusal after a lost answer
 is judged by the counter-party's state. End to end, two ``tessera serve``
 processes talk through proxies that forward a message and drop its answer
 (once with the sender killed -9 before the answer reaches it); each negotiation
@@ -99,10 +100,10 @@ def _refused_nothing_changed(
     assert _everything(participant) == before
 
 
-# ---------------------------------------------------------------- the provider receives a repeat
+# ---------------------------------------------------------------- the provider receives a repeat: refused
 
 
-def test_provider_answers_repeats_as_before_and_still_refuses_conflicts(
+def test_provider_refuses_repeats_and_conflicts_and_answers_a_repeated_initial_request_as_before(
     make_connector: MakeConnector,
 ) -> None:
     with provider_side(make_connector, approval="manual") as side:
@@ -133,7 +134,7 @@ def test_provider_answers_repeats_as_before_and_still_refuses_conflicts(
         side.wait_state(provider_pid, "OFFERED")
         request = _counter_request(side, provider_pid, consumer_pid)
         assert side.send(f"/{provider_pid}/request", request).status_code == 200
-        _same_answer_nothing_changed(side.city, lambda: side.send(f"/{provider_pid}/request", request))
+        _refused_nothing_changed(side.city, lambda: side.send(f"/{provider_pid}/request", request), "repeats")
         other = _counter_request(side, provider_pid, consumer_pid, "timetable")
         _refused_nothing_changed(side.city, lambda: side.send(f"/{provider_pid}/request", other), "REQUESTED")
 
@@ -147,7 +148,7 @@ def test_provider_answers_repeats_as_before_and_still_refuses_conflicts(
         side.wait_state(provider_pid, "OFFERED")
         accepted = _event("ACCEPTED", provider_pid, consumer_pid)
         assert side.send(f"/{provider_pid}/events", accepted).status_code == 200
-        _same_answer_nothing_changed(side.city, lambda: side.send(f"/{provider_pid}/events", accepted))
+        _refused_nothing_changed(side.city, lambda: side.send(f"/{provider_pid}/events", accepted), "repeats")
         finalized = _event("FINALIZED", provider_pid, consumer_pid)
         _refused_nothing_changed(
             side.city, lambda: side.send(f"/{provider_pid}/events", finalized), "consumer"
@@ -162,7 +163,7 @@ def test_provider_answers_repeats_as_before_and_still_refuses_conflicts(
         path = f"/{provider_pid}/agreement/verification"
         assert side.send(path, verification).status_code == 200
         state_object(side.state(provider_pid), 200, "VERIFIED")
-        _same_answer_nothing_changed(side.city, lambda: side.send(path, verification))
+        _refused_nothing_changed(side.city, lambda: side.send(path, verification), "repeats")
         forged = {**verification, SIGNATURE: sign_agreement(agreement, private_key_of(side.utility),
                                                             agreement_key_id(side.utility.did))}  # fmt: skip
         _refused_nothing_changed(side.city, lambda: side.send(path, forged), "VERIFIED")
@@ -173,7 +174,7 @@ def test_provider_answers_repeats_as_before_and_still_refuses_conflicts(
         )
 
 
-def test_provider_takes_a_repeated_termination_once(make_connector: MakeConnector) -> None:
+def test_provider_refuses_a_repeated_termination(make_connector: MakeConnector) -> None:
     """The termination, then again: one log entry; another reason conflicts."""
     with provider_side(make_connector, approval="manual") as side:
         consumer_pid = _pid()
@@ -183,16 +184,16 @@ def test_provider_takes_a_repeated_termination_once(make_connector: MakeConnecto
         leaves = _leaves(side.city)
         assert side.send(path, ended).status_code == 200
         assert _leaves(side.city) == leaves + 1
-        _same_answer_nothing_changed(side.city, lambda: side.send(path, ended))
+        _refused_nothing_changed(side.city, lambda: side.send(path, ended), "repeats")
         other_reason = _termination(provider_pid, consumer_pid, "too expensive")
         _refused_nothing_changed(side.city, lambda: side.send(path, other_reason), "TERMINATED")
         assert side.fake.posted() == []
 
 
-# ---------------------------------------------------------------- the consumer receives a repeat
+# ---------------------------------------------------------------- the consumer receives a repeat: refused
 
 
-def test_consumer_answers_repeats_as_before_and_still_refuses_conflicts(
+def test_consumer_refuses_repeats_and_conflicts(
     make_connector: MakeConnector,
 ) -> None:
     with consumer_side(make_connector) as side:
@@ -210,7 +211,7 @@ def test_consumer_answers_repeats_as_before_and_still_refuses_conflicts(
         offered = dsp("ContractOfferMessage", providerPid=provider_pid, consumerPid=consumer_pid, offer=offer)
         path = f"/{consumer_pid}/offers"
         assert side.send(path, offered).status_code == 200
-        _same_answer_nothing_changed(side.transit, lambda: side.send(path, offered))
+        _refused_nothing_changed(side.transit, lambda: side.send(path, offered), "repeats")
         other = {**offered, "offer": {**offer, "permission": [{"action": "distribute"}]}}
         _refused_nothing_changed(side.transit, lambda: side.send(path, other), "OFFERED")
 
@@ -221,7 +222,7 @@ def test_consumer_answers_repeats_as_before_and_still_refuses_conflicts(
         path = f"/{consumer_pid}/agreement"
         assert side.send(path, agreement).status_code == 200
         [stored] = agreement_rows(side.transit.core.engine)
-        _same_answer_nothing_changed(side.transit, lambda: side.send(path, agreement))
+        _refused_nothing_changed(side.transit, lambda: side.send(path, agreement), "repeats")
         another = side.agreement_message(consumer_pid)  # a new agreement id
         _refused_nothing_changed(side.transit, lambda: side.send(path, another), "AGREED")
         assert agreement_rows(side.transit.core.engine) == [stored]
@@ -234,7 +235,9 @@ def test_consumer_answers_repeats_as_before_and_still_refuses_conflicts(
         assert side.send(f"/{consumer_pid}/events", finalized).status_code == 200
         assert _leaves(side.transit) == leaves + 1
         sent = len(side.fake.posted())
-        _same_answer_nothing_changed(side.transit, lambda: side.send(f"/{consumer_pid}/events", finalized))
+        _refused_nothing_changed(
+            side.transit, lambda: side.send(f"/{consumer_pid}/events", finalized), "repeats"
+        )
         ended = _termination(provider_pid, consumer_pid)
         _refused_nothing_changed(
             side.transit, lambda: side.send(f"/{consumer_pid}/termination", ended), "FINALIZED"
@@ -248,7 +251,7 @@ def test_consumer_answers_repeats_as_before_and_still_refuses_conflicts(
         ended = _termination(provider_pid, consumer_pid, "no longer offered")
         path = f"/{consumer_pid}/termination"
         assert side.send(path, ended).status_code == 200
-        _same_answer_nothing_changed(side.transit, lambda: side.send(path, ended))
+        _refused_nothing_changed(side.transit, lambda: side.send(path, ended), "repeats")
         other_reason = _termination(provider_pid, consumer_pid, "changed our mind")
         _refused_nothing_changed(side.transit, lambda: side.send(path, other_reason), "TERMINATED")
 

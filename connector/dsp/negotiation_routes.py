@@ -113,11 +113,10 @@ def negotiation_router() -> APIRouter:
             kind, message = await _message(request, kinds)
             core = service_core(request)
 
-            def apply() -> tuple[NegotiationRow, bool]:
+            def apply() -> NegotiationRow:
                 session.expire_on_commit = False  # the answer reads only what this request wrote
                 row = find_by_pid(session, pid, peer.did)
-                if not is_repeat(session, row, kind, message):  # a repeat waits for nothing
-                    row = take_implied_delivery(session, settle(session, row, kind), kind, message)
+                row = take_implied_delivery(session, settle(session, row, kind), kind, message)
                 if (
                     row.role == Role.CONSUMER.value
                     and row.provider_pid is None
@@ -134,17 +133,17 @@ def negotiation_router() -> APIRouter:
                     raise NegotiationError(
                         400, "the message's providerPid and consumerPid do not match this negotiation", row
                     )
-                return row, receive(session, core, row, kind, message)
+                receive(session, core, row, kind, message)
+                return row
 
             try:
-                row, changed = await run_in_threadpool(apply)
+                row = await run_in_threadpool(apply)
             except NegotiationError as exc:
                 session.rollback()
                 raise _error(
                     exc.status, exc.reason, message.get("providerPid"), message.get("consumerPid")
                 ) from None
-            # A repeat is answered as the first time, without a second callback or delivery.
-            return Response(status_code=200, background=_kick(request, row) if changed else None)
+            return Response(status_code=200, background=_kick(request, row))
 
         return endpoint
 
