@@ -27,6 +27,7 @@ from catalog.errors import ConflictError
 from catalog.queryspec import A_ID, selector_condition, table_of
 from connector.dsp import negotiation_messages as wire
 from connector.translog import events as translog
+from contracts.agreed_terms import terms_key
 from contracts.agreements import (
     AgreementRecord,
     agreement_for_negotiation,
@@ -103,10 +104,25 @@ def _role(row: NegotiationRow) -> Role:
 # Our consumer-side state before the provider has acknowledged the first request (DSP has no name
 # for it; EDC calls it INITIAL too). The state machine sees it as "no negotiation yet".
 INITIAL = "INITIAL"
+# The end of the note on a negotiation that an automatic consumer left for an operator to decide.
+WAITING_FOR_OPERATOR = "waiting for an operator"
 
 
 def _state(row: NegotiationRow) -> State | None:
     return None if row.state == INITIAL else State(row.state)
+
+
+def _incoming(row: NegotiationRow, kind: Message) -> State:
+    """The state after the counter-party's ``kind`` arrives for ``row`` now, or TransitionError.
+
+    To the state machine our INITIAL is "no negotiation yet", where a provider's offer would start
+    one; but a message for a negotiation we hold can only follow our request, whose answer we have
+    not recorded (it is in flight, or was lost): not allowed yet (``settle`` waits for an answer in
+    flight; ``take_implied_delivery`` takes the message as proof that the request arrived).
+    """
+    if row.state == INITIAL:
+        raise TransitionError(f"{kind.value} is not allowed before our request has been answered")
+    return transition(_state(row), kind, _role(row).other)
 
 
 def _peer_address(row: NegotiationRow) -> str:
@@ -154,7 +170,7 @@ def settle(session: Session, row: NegotiationRow, kind: Message) -> NegotiationR
 
     def allowed(current: NegotiationRow) -> bool:
         try:
-            transition(_state(current), kind, _role(current).other)
+            _incoming(current, kind)
             return True
         except TransitionError:
             return False
@@ -216,7 +232,7 @@ def _implied(row: NegotiationRow, kind: Message) -> Pending | None:
         return None
     state = _state(row)
     try:
-        transition(state, kind, _role(row).other)
+        _incoming(row, kind)
         return None  # allowed as things are: it says nothing about our message
     except TransitionError:
         pass
@@ -337,7 +353,7 @@ def _enqueue(row: NegotiationRow, pending: Pending) -> None:
 def _receive(row: NegotiationRow, message: Message) -> State:
     """Apply a message from the counter-party to our state (or refuse it, changing nothing)."""
     try:
-        after = transition(_state(row), message, _role(row).other)
+        after = _incoming(row, message)
     except TransitionError as exc:
         raise NegotiationError(409, str(exc), row) from None
     row.state = after.value
@@ -401,6 +417,8 @@ def delivered(
     row.attempts = 0
     if row.error_detail and row.error_detail.startswith("retrying "):
         row.error_detail = None  # delivered after all: the retry note no longer applies
+    elif row.error_detail and row.error_detail.endswith(WAITING_FOR_OPERATOR) and _state(row) not in TERMINAL:
+        row.error_detail = None  # the operator has acted: the pause it explained is over
     _touch(row)
     session.add(row)
     if commit:
@@ -641,7 +659,7 @@ def receive(
     # sender, if its first answer was lost, learns from our state that it arrived (the worker's
     # judgement of a 409). The reason says so, to spare a human the puzzle.
     try:
-        transition(_state(row), kind, _role(row).other)
+        _incoming(row, kind)
     except TransitionError as exc:
         reason = str(exc)
         if is_repeat(session, row, kind, message):
@@ -676,7 +694,7 @@ def receive(
             if _same_terms(offered, asked):
                 _enqueue(row, _event(row, Message.ACCEPTED))
             else:
-                row.error_detail = "the provider offered different terms; waiting for an operator"
+                row.error_detail = f"the provider offered different terms; {WAITING_FOR_OPERATOR}"
     elif kind is Message.ACCEPTED:
         _receive(row, kind)
         if row.approval == "automatic":
@@ -689,10 +707,10 @@ def receive(
 
 
 def _same_terms(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    keys = ("permission", "prohibition", "obligation")
-    return all(a.get(k) == b.get(k) for k in keys) and a.get("target", b.get("target")) == b.get(
-        "target", a.get("target")
-    )
+    """Do two offers (or an offer and an agreement) say the same, however written? Unreadable: no."""
+    same_target = a.get("target", b.get("target")) == b.get("target", a.get("target"))
+    key = terms_key(a)
+    return same_target and key is not None and key == terms_key(b)
 
 
 def _event(row: NegotiationRow, event: Message) -> Pending:
@@ -821,8 +839,13 @@ def _consumer_receive_agreement(
             409, f"agreement {agreement['@id']} is already recorded for another negotiation", row
         ) from None
     row.agreement_id = agreement["@id"]
-    if row.approval == "automatic":
+    if row.approval != "automatic":
+        return
+    if _same_terms(agreement, json.loads(row.offer)):
         _enqueue(row, _verification(row, own_signature))
+    else:
+        # Never counter-sign by ourselves terms we did not ask for (or accept): an operator looks.
+        row.error_detail = f"the agreement's terms are not those of the offer; {WAITING_FOR_OPERATOR}"
 
 
 def _verification(row: NegotiationRow, signature: str | None) -> Pending:

@@ -8,9 +8,12 @@ deny everything — or worse, a policy without rules would admit everyone).
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 from pyld import jsonld
 
-from catalog.jsonld import DSPACE_CONTEXT_URL, jsonld_options
+from catalog.jsonld import DSPACE_CONTEXT_URL, ODRL_NS, jsonld_options
 from contracts.agreements import AgreementRecord
 from policies.odrl import Policy, PolicyError, parse_policy
 
@@ -37,3 +40,37 @@ def agreed_policy(agreement: AgreementRecord) -> Policy:
     if terms and not (policy.permissions or policy.prohibitions or policy.obligations):
         raise PolicyError("the agreed terms name rules but none could be read", "")
     return policy
+
+
+def terms_key(node: dict[str, Any]) -> str | None:
+    """The rules of an offer or agreement (DSP-compacted) as one canonical string; None if unreadable.
+
+    Equal when the two say the same, however they are written: expanded as JSON-LD (``use`` and
+    ``odrl:use`` are one action), empty lists dropped (``"constraint": []`` is no constraint), and
+    rules and constraints compared as the sets ODRL makes them (order kept only in ``@list``), a
+    bare operand name read as ODRL's.
+    """
+    terms = {k: v for k, v in node.items() if k in RULE_KEYS}
+    document = {"@context": [DSPACE_CONTEXT_URL, ODRL_PROFILE_URL], "@type": "Agreement", **terms}
+    try:
+        expanded = jsonld.expand(document, jsonld_options())
+    except jsonld.JsonLdError:
+        return None
+    if len(expanded) != 1:
+        return None
+    rules = {k: v for k, v in expanded[0].items() if k != "@type"}
+    return json.dumps(_canonical(rules), sort_keys=True, separators=(",", ":"))
+
+
+def _canonical(value: Any) -> Any:
+    if isinstance(value, list):
+        return sorted((_canonical(v) for v in value), key=lambda v: json.dumps(v, sort_keys=True))
+    if isinstance(value, dict):
+        if "@list" in value:
+            return {"@list": [_canonical(v) for v in value["@list"]]}
+        iri = value.get("@id")
+        if len(value) == 1 and isinstance(iri, str) and ":" not in iri:
+            # A bare name no context defines ("purpose"): ODRL's, as the policy reader takes it.
+            return {"@id": ODRL_NS + iri}
+        return {k: _canonical(v) for k, v in value.items() if v != []}
+    return value

@@ -619,7 +619,8 @@ class ConsumerSide:
     def send(self, path: str, body: Any, sender: Participant | None = None) -> httpx.Response:
         return _post(self.client, sender or self.city, self.transit, path, body)
 
-    def agreement_message(self, consumer_pid: str, asset_id: str = "stops") -> dict[str, Any]:
+    def agreement_message(self, consumer_pid: str, asset_id: str = "stops", **rules: Any) -> dict[str, Any]:
+        """city's signed agreement; ``rules`` (permission, prohibition, obligation) replace its terms."""
         agreement = {
             "@id": _pid(),
             "@type": "Agreement",
@@ -627,7 +628,7 @@ class ConsumerSide:
             "assigner": self.city.did,
             "assignee": self.transit.did,
             "timestamp": "2026-11-01T10:00:00Z",
-            "permission": [{"action": "use"}],
+            **(rules or {"permission": [{"action": "use"}]}),
         }
         signature = sign_agreement(agreement, private_key_of(self.city), agreement_key_id(self.city.did))
         return dsp(
@@ -752,8 +753,8 @@ def test_consumer_callbacks_follow_the_state_machine(make_connector: MakeConnect
         assert accepted.body["eventType"] == "ACCEPTED"
         wait_for(side.client, negotiation_id, "ACCEPTED")
 
-        # The agreement: transit counter-signs it and sends the verification by itself.
-        message = side.agreement_message(consumer_pid)
+        # The agreement of the accepted terms: transit counter-signs it and sends the verification by itself.
+        message = side.agreement_message(consumer_pid, permission=counter["permission"])
         response = side.send(f"/{consumer_pid}/agreement", message)
         assert response.status_code == 200, response.text
         [verified] = side.fake.wait_for(f"/negotiations/{provider_pid}/agreement/verification")
@@ -907,3 +908,53 @@ def test_a_verification_overtaking_the_recorded_agreement_is_not_lost(
         assert recorded_late.wait(10)
         time.sleep(0.5)  # the slow recording has committed: it must not have moved the row back
         state_object(side.state(provider_pid), 200, "FINALIZED")
+
+
+def test_consumer_counter_signs_by_itself_only_the_terms_it_asked_for(make_connector: MakeConnector) -> None:
+    """An automatic consumer verifies an agreement whose terms are those of the offer, however written;
+    other terms (here: a duty to pay) wait for an operator, who may still verify."""
+    with consumer_side(make_connector) as side:
+        # The same terms, written otherwise (a prefixed action, an empty constraint list): verified.
+        negotiation_id, consumer_pid = side.start()
+        wait_for(side.client, negotiation_id, "REQUESTED")
+        same = side.agreement_message(consumer_pid, permission=[{"action": "odrl:use", "constraint": []}])
+        assert side.send(f"/{consumer_pid}/agreement", same).status_code == 200
+        side.fake.wait_for(f"/negotiations/{side.provider_pids[consumer_pid]}/agreement/verification")
+        assert "errorDetail" not in wait_for(side.client, negotiation_id, "VERIFIED")
+
+        # A duty the offer never had: AGREED, nothing sent, the reason shown.
+        negotiation_id, consumer_pid = side.start()
+        provider_pid = side.provider_pids[consumer_pid]
+        wait_for(side.client, negotiation_id, "REQUESTED")
+        more = side.agreement_message(
+            consumer_pid, permission=[{"action": "use", "duty": [{"action": "compensate"}]}]
+        )
+        assert side.send(f"/{consumer_pid}/agreement", more).status_code == 200
+        found = negotiation(side.client, negotiation_id)
+        assert found["state"] == "AGREED"
+        assert "not those of the offer" in found["errorDetail"], found
+        time.sleep(0.5)  # the worker would have sent a verification by now
+        assert side.fake.posted(f"/negotiations/{provider_pid}/agreement/verification") == []
+
+        # The operator reads the terms and verifies: the verification goes, signed; the note is gone.
+        acted(side.client, negotiation_id, "verify")
+        [hit] = side.fake.wait_for(f"/negotiations/{provider_pid}/agreement/verification")
+        assert isinstance(hit.body.get(SIGNATURE), str)
+        found = wait_for(side.client, negotiation_id, "VERIFIED")
+        assert "errorDetail" not in found, found
+
+
+def test_consumer_accepts_by_itself_a_counter_offer_of_the_terms_it_asked_for(
+    make_connector: MakeConnector,
+) -> None:
+    with consumer_side(make_connector) as side:
+        negotiation_id, consumer_pid = side.start()
+        provider_pid = side.provider_pids[consumer_pid]
+        wait_for(side.client, negotiation_id, "REQUESTED")
+        offer = {"@id": "offer-stops-2", "@type": "Offer", "target": "stops",
+                 "permission": [{"action": "odrl:use", "constraint": []}]}  # fmt: skip
+        offered = dsp("ContractOfferMessage", providerPid=provider_pid, consumerPid=consumer_pid, offer=offer)
+        assert side.send(f"/{consumer_pid}/offers", offered).status_code == 200
+        [hit] = side.fake.wait_for(f"/negotiations/{provider_pid}/events")
+        assert hit.body["eventType"] == "ACCEPTED"
+        assert "errorDetail" not in wait_for(side.client, negotiation_id, "ACCEPTED")

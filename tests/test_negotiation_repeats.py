@@ -100,6 +100,12 @@ def _refused_nothing_changed(
     assert _everything(participant) == before
 
 
+def _counter_offer(provider_pid: str, consumer_pid: str) -> dict[str, Any]:
+    """city's counter-offer of the terms transit asks for in ``consumer_side``."""
+    offer = {"@id": "offer-stops-2", "@type": "Offer", "target": "stops", "permission": [{"action": "use"}]}
+    return dsp("ContractOfferMessage", providerPid=provider_pid, consumerPid=consumer_pid, offer=offer)
+
+
 # ---------------------------------------------------------------- the provider receives a repeat: refused
 
 
@@ -202,13 +208,8 @@ def test_consumer_refuses_repeats_and_conflicts(
         wait_for(side.client, negotiation_id, "REQUESTED")
 
         # A counter-offer, then the same again; other terms are a conflict.
-        offer = {
-            "@id": "offer-stops-2",
-            "@type": "Offer",
-            "target": "stops",
-            "permission": [{"action": "use"}],
-        }
-        offered = dsp("ContractOfferMessage", providerPid=provider_pid, consumerPid=consumer_pid, offer=offer)
+        offered = _counter_offer(provider_pid, consumer_pid)
+        offer = offered["offer"]
         path = f"/{consumer_pid}/offers"
         assert side.send(path, offered).status_code == 200
         _refused_nothing_changed(side.transit, lambda: side.send(path, offered), "repeats")
@@ -371,6 +372,27 @@ def test_the_counter_partys_next_message_shows_our_message_arrived(
             "ContractAgreementMessage",
             "ContractNegotiationEventMessage",
         }
+
+
+def test_a_counter_offer_before_our_request_is_answered_shows_the_request_arrived(
+    make_connector: MakeConnector,
+) -> None:
+    """city applied transit's request but its answer never came (503 every time); city's counter-offer
+    can only follow the request, so transit takes both: the request delivered (city's pid from the
+    offer), then the offer. It is not a new negotiation, nor a mismatch of pids."""
+    with consumer_side(make_connector) as side:
+        side.fake.respond = lambda hit: (503, {"busy": True})
+        negotiation_id, consumer_pid = side.start(approval="manual")
+        assert negotiation(side.client, negotiation_id)["state"] == "INITIAL"
+        provider_pid = _pid()
+        offered = _counter_offer(provider_pid, consumer_pid)
+        response = side.send(f"/{consumer_pid}/offers", offered)
+        assert response.status_code == 200, response.text
+        found = negotiation(side.client, negotiation_id)
+        assert (found["state"], found["providerPid"]) == ("OFFERED", provider_pid), found
+        [row] = all_negotiations(side.transit.core.engine)
+        assert row["pending_message"] is None, "the request is no longer waiting to be sent again"
+        assert len(all_negotiations(side.transit.core.engine)) == 1
 
 
 # ---------------------------------------------------------------- end to end, answers lost on the wire
