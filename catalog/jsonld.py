@@ -205,6 +205,14 @@ def _expand_with_shared_contexts(document: dict[str, Any]) -> list[Any]:
     return result
 
 
+def expand_with_known_contexts(document: dict[str, Any]) -> list[Any]:
+    """Expand a document that names only vendored contexts, through the shared context cache.
+
+    JsonLdInputError for a context Tessera does not hold; pyld's JsonLdError for invalid JSON-LD.
+    """
+    return _expand_with_shared_contexts(_prepare(document))
+
+
 def check_depth(value: Any, limit: int = MAX_DEPTH) -> None:
     """Refuse documents nested deeper than ``limit`` (iteratively: no recursion to exhaust),
     and text with NUL characters, which PostgreSQL cannot store (SQLite would: refuse on both)."""

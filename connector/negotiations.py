@@ -27,7 +27,7 @@ from catalog.errors import ConflictError
 from catalog.queryspec import A_ID, selector_condition, table_of
 from connector.dsp import negotiation_messages as wire
 from connector.translog import events as translog
-from contracts.agreed_terms import terms_key
+from contracts.agreed_terms import RULE_KEYS, terms_key
 from contracts.agreements import (
     AgreementRecord,
     agreement_for_negotiation,
@@ -709,8 +709,12 @@ def receive(
 def _same_terms(a: dict[str, Any], b: dict[str, Any]) -> bool:
     """Do two offers (or an offer and an agreement) say the same, however written? Unreadable: no."""
     same_target = a.get("target", b.get("target")) == b.get("target", a.get("target"))
+    if not same_target:
+        return False
+    if all(a.get(k) == b.get(k) for k in RULE_KEYS):
+        return True  # written alike (the usual case): no JSON-LD needed
     key = terms_key(a)
-    return same_target and key is not None and key == terms_key(b)
+    return key is not None and key == terms_key(b)
 
 
 def _event(row: NegotiationRow, event: Message) -> Pending:
