@@ -41,6 +41,9 @@ from policies.odrl import Atomic, Constraint, Policy, Rule
 
 # Request: (policy id, action, context). Rows: (policy id, action, rule ref, effect, revision, layout).
 # No "#" anywhere in this text: Casbin reads it as the start of a comment, even inside a line.
+# The matcher is one call: the row matches when its policy id is the request's, its action is the
+# request's or "" (any action), and its rule's condition holds (PolicyEngine._holds). Written as
+# Casbin operators, the same test cost pycasbin's expression evaluator ~15 µs more per decision.
 CASBIN_MODEL = """
 [request_definition]
 r = pol, act, ctx
@@ -52,7 +55,7 @@ p = pol, act, rule, eft, rev, lay
 e = some(where (p.eft == allow)) && !some(where (p.eft == deny))
 
 [matchers]
-m = r.pol == p.pol && (p.act == r.act || p.act == "") && holds(p.rule, r.ctx)
+m = holds(p.pol, p.act, p.rule, r.pol, r.act, r.ctx)
 """
 MATCHER_FUNCTION = "holds"
 # The layout of the rows compile_policy makes; change it whenever they change. Rows of an older layout

@@ -162,8 +162,11 @@ class PolicyEngine:
     def knows(self, policy_id: str) -> bool:
         return policy_id in self._policies
 
-    def _holds(self, ref: str, context: RequestContext) -> bool:
-        return self._conditions[ref](context)
+    def _holds(
+        self, pol: str, act: str, ref: str, asked_pol: str, asked_act: str, context: RequestContext
+    ) -> bool:
+        """The matcher (``CASBIN_MODEL``): does row (pol, act, ref) match the request and its rule hold?"""
+        return pol == asked_pol and (act == asked_act or act == "") and self._conditions[ref](context)
 
     def _enforce(self, policy_id: str, action: str, context: RequestContext) -> bool:
         index = self._index
