@@ -197,8 +197,8 @@ def is_repeat(session: Session, row: NegotiationRow, kind: Message, message: dic
     It is when the state it leads to is the one we are in and it carries what we recorded from it:
     the offer (a counter-request's offer ``@id``, which fingerprints our terms; a counter-offer's
     whole offer), the agreement and its signature, the verification's signature, the termination's
-    reason. An event carries nothing but its type. Answering it as before changes nothing and
-    leaves both sides in the same state.
+    reason. An event carries nothing but its type. On an existing negotiation a repeat is refused
+    all the same (``receive`` names it one); an initial offer sent again is answered as before.
     """
     senders, _, after = RULES[kind]
     if _role(row).other not in senders or _state(row) is not after:
