@@ -74,6 +74,7 @@ class SerialisedWriterConnection(sqlite3.Connection):
         return super().cursor(factory or SerialisedWriterCursor)
 
     def execute(self, sql: str, parameters: Any = (), /) -> sqlite3.Cursor:
+        # sqlite3's own shortcut makes its cursor in C, past ``cursor()``: route it through ours.
         return self.cursor().execute(sql, parameters)
 
     def commit(self) -> None:
@@ -92,13 +93,12 @@ class SerialisedWriterConnection(sqlite3.Connection):
         try:
             super().close()
         finally:
-            # A closed connection has no transaction, whatever in_transaction would have said.
-            if self._holds_writer_lock:
-                self._holds_writer_lock = False
-                self.writer_lock.release()
+            self._drop_writer_lock()  # a closed connection has no transaction, whatever it said before
 
     def __del__(self) -> None:
-        # A connection dropped without close() must not keep every other writer waiting.
+        self._drop_writer_lock()  # dropped without close(): must not keep every other writer waiting
+
+    def _drop_writer_lock(self) -> None:
         if getattr(self, "_holds_writer_lock", False):
             self._holds_writer_lock = False
             self.writer_lock.release()
