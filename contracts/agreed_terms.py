@@ -27,15 +27,16 @@ ODRL_PROFILE_URL = "https://w3id.org/dspace/2025/1/odrl-profile.jsonld"
 RULE_KEYS = ("permission", "prohibition", "obligation")
 
 
+def _rules_document(node: dict[str, Any], **members: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the rules of an offer or agreement, a JSON-LD document of them that expands as ODRL)."""
+    terms = {k: v for k, v in node.items() if k in RULE_KEYS}
+    document = {"@context": [DSPACE_CONTEXT_URL, ODRL_PROFILE_URL], "@type": "Agreement", **members, **terms}
+    return terms, document
+
+
 def agreed_policy(agreement: AgreementRecord) -> Policy:
     """The agreement's permissions, prohibitions and duties; PolicyError when they cannot be read."""
-    terms = {k: v for k, v in agreement.agreement.items() if k in RULE_KEYS}
-    node = {
-        "@context": [DSPACE_CONTEXT_URL, ODRL_PROFILE_URL],
-        "@type": "Agreement",
-        "@id": agreement.id,
-        **terms,
-    }
+    terms, node = _rules_document(agreement.agreement, **{"@id": agreement.id})
     try:
         expanded = jsonld.expand(node, jsonld_options())
     except jsonld.JsonLdError as exc:
@@ -56,8 +57,7 @@ def terms_key(node: dict[str, Any]) -> str | None:
     rules and constraints compared as the sets ODRL makes them (order kept only in ``@list``), a
     bare operand name read as ODRL's.
     """
-    terms = {k: v for k, v in node.items() if k in RULE_KEYS}
-    document = {"@context": [DSPACE_CONTEXT_URL, ODRL_PROFILE_URL], "@type": "Agreement", **terms}
+    _, document = _rules_document(node)
     try:  # the shared context cache: ~0.3 ms, against ~6 ms resolving both contexts afresh
         expanded = expand_with_known_contexts(document)
     except (jsonld.JsonLdError, JsonLdInputError):
