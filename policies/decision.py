@@ -69,14 +69,52 @@ def resolve_unknown(kind: str, context: RequestContext) -> bool:
     return context.defers if kind == "permission" else not context.defers
 
 
-@dataclass(frozen=True)
 class Decision:
-    allowed: bool
-    reasons: tuple[str, ...]
+    """Whether a request is admitted, and why (not): the admitting rule, or each failed rule and constraint.
+
+    The reasons of a refusal can be given as a function (``explain``), called once, when they are
+    first read: wording every failed constraint costs as much as the decision itself, and callers
+    that only filter (catalog listings) never read it. The function must depend on nothing that
+    changes after the decision (it is given the request's context, which is fixed).
+    """
+
+    __slots__ = ("_explain", "_reasons", "allowed")
+
+    def __init__(
+        self,
+        allowed: bool,
+        reasons: tuple[str, ...] | None = None,
+        *,
+        explain: Callable[[], tuple[str, ...]] | None = None,
+    ) -> None:
+        if (reasons is None) == (explain is None):
+            raise TypeError("a Decision takes its reasons or a function that explains it, not both")
+        self.allowed = allowed
+        self._reasons = reasons
+        self._explain = explain
+
+    @property
+    def reasons(self) -> tuple[str, ...]:
+        if self._reasons is None:
+            assert self._explain is not None
+            self._reasons = self._explain()  # two threads may both compute it: the same tuple
+            self._explain = None
+        return self._reasons
 
     @property
     def explanation(self) -> str:
         return "; ".join(self.reasons)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Decision):
+            return NotImplemented
+        return self.allowed == other.allowed and self.reasons == other.reasons
+
+    def __hash__(self) -> int:
+        return hash((self.allowed, self.reasons))
+
+    def __repr__(self) -> str:
+        return f"Decision(allowed={self.allowed!r}, reasons={self.reasons!r})"
 
 
 def _as_set(value: Any) -> frozenset[Any]:
@@ -331,7 +369,7 @@ def decide(policy: Policy, context: RequestContext, actions: Iterable[str] = ("u
     admitted = admission(policy, wanted, lambda rule: rule_holds(rule, context))
     if admitted is not None:
         return Decision(True, admitted)
-    return Decision(False, refusal(policy, context, wanted))
+    return Decision(False, explain=lambda: refusal(policy, context, wanted))
 
 
 # ---------------------------------------------------------------- the operator's "why" view

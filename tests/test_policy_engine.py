@@ -24,12 +24,13 @@ from sqlmodel import Session
 from structlog.testing import capture_logs
 
 from catalog.jsonld import EDC_NS, ODRL_NS, expand_management_input, first_node
+from policies import engine as engine_module
 from policies import rule_store
 from policies.casbin_adapter import SqlAlchemyAdapter
 from policies.decision import Decision, RequestContext, decide
 from policies.definitions import create_policy_definition, delete_policy_definition, replace_policy_definition
 from policies.dsp_form import offer_to_dsp
-from policies.engine import CASBIN_LOGGERS, ENGINE_ERROR, PolicyEngine, silence_casbin
+from policies.engine import CASBIN_LOGGERS, ENGINE_ERROR, PolicyEngine, call_matcher, silence_casbin
 from policies.odrl import Policy, parse_policy
 from policies.rule_store import RULES_VERSION
 from tests.catalog_helpers import (
@@ -238,6 +239,53 @@ def test_an_engine_error_denies_and_is_logged_without_the_request(
         decision = engine.decide("planning", context(purpose="marketing"))
     assert decision == Decision(False, (ENGINE_ERROR,))
     assert [entry["error"] for entry in logs] == ["_Disagreement"]
+
+
+def test_a_refusal_is_worded_when_read_and_a_failure_to_word_it_still_denies(
+    planning_engine: tuple[Participant, PolicyEngine], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _city, engine = planning_engine
+    worded: list[str] = []
+    real_refusal = engine_module.refusal
+
+    def counting(*args: Any) -> tuple[str, ...]:
+        worded.append("refusal")
+        return real_refusal(*args)
+
+    monkeypatch.setattr(engine_module, "refusal", counting)
+    refused = engine.decide("planning", context(purpose="marketing"))
+    assert not refused.allowed
+    assert worded == []  # a caller that only filters never pays for the words
+    assert "marketing" in refused.explanation
+    assert "traffic-planning" in refused.reasons[0]
+    assert worded == ["refusal"]  # worded once, however often read
+
+    def broken(*_args: Any) -> tuple[str, ...]:
+        raise ValueError("cannot word it")
+
+    monkeypatch.setattr(engine_module, "refusal", broken)
+    with capture_logs() as logs:
+        refused = engine.decide("planning", context(purpose="marketing"))
+        assert not refused.allowed
+        assert refused.reasons == (ENGINE_ERROR,)
+    assert [(entry["event"], entry["error"]) for entry in logs] == [("policy engine error", "ValueError")]
+
+
+def test_the_casbin_matcher_is_evaluated_as_its_one_call_and_other_shapes_keep_casbins_evaluator() -> None:
+    calls: list[tuple[Any, ...]] = []
+
+    def holds(*args: Any) -> bool:
+        calls.append(args)
+        return args[0] == args[1]
+
+    matcher = call_matcher("holds(p_pol, r_pol)", {"holds": holds})
+    assert matcher is not None
+    assert matcher.eval({"p_pol": "a", "r_pol": "a", "r_ctx": 1}) is True
+    assert matcher.eval({"p_pol": "a", "r_pol": "b"}) is False
+    assert calls == [("a", "a"), ("a", "b")]
+    for other in ("holds(p_pol, r_pol) and r_ok", "holds(p_pol, r.x)", "holds(p_pol, k=r_pol)",
+                  "unknown(p_pol)", "holds(", ""):  # fmt: skip
+        assert call_matcher(other, {"holds": holds}) is None, other
 
 
 def test_a_failing_version_check_keeps_deciding_on_what_is_loaded(
