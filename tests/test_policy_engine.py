@@ -24,6 +24,7 @@ from sqlmodel import Session
 from structlog.testing import capture_logs
 
 from catalog.jsonld import EDC_NS, ODRL_NS, expand_management_input, first_node
+from policies import decision as decision_module
 from policies import engine as engine_module
 from policies import rule_store
 from policies.casbin_adapter import SqlAlchemyAdapter
@@ -246,7 +247,7 @@ def test_a_refusal_is_worded_when_read_and_a_failure_to_word_it_still_denies(
 ) -> None:
     _city, engine = planning_engine
     worded: list[str] = []
-    real_refusal = engine_module.refusal
+    real_refusal = decision_module.refusal
 
     def counting(*args: Any) -> tuple[str, ...]:
         worded.append("refusal")
@@ -276,7 +277,7 @@ def test_the_casbin_matcher_is_evaluated_as_its_one_call_and_other_shapes_keep_c
 
     def holds(*args: Any) -> bool:
         calls.append(args)
-        return args[0] == args[1]
+        return bool(args[0] == args[1])
 
     matcher = call_matcher("holds(p_pol, r_pol)", {"holds": holds})
     assert matcher is not None
