@@ -821,7 +821,10 @@ def _consumer_receive_agreement(
                 400, f"your signature over the agreement does not verify: {exc}", row
             ) from None
     _receive(row, Message.AGREEMENT)
-    own_signature = sign_agreement(agreement, core.key, f"{core.settings.did}#{KEY_FRAGMENT}")
+    # Our counter-signature commits us to the terms: it is made only when we verify, now (an
+    # automatic consumer given the terms it asked for) or when an operator does (``verify``).
+    verifies_now = row.approval == "automatic" and _same_terms(agreement, json.loads(row.offer))
+    own_signature = _consumer_signature(core, agreement) if verifies_now else None
     # In this transaction: AGREED, the agreement and our verification queued are saved together (a
     # stop between two commits would leave AGREED with nothing queued, and the provider's retry
     # would be answered as a repeat: stuck on both sides).
@@ -843,13 +846,15 @@ def _consumer_receive_agreement(
             409, f"agreement {agreement['@id']} is already recorded for another negotiation", row
         ) from None
     row.agreement_id = agreement["@id"]
-    if row.approval != "automatic":
-        return
-    if _same_terms(agreement, json.loads(row.offer)):
+    if verifies_now:
         _enqueue(row, _verification(row, own_signature))
-    else:
+    elif row.approval == "automatic":
         # Never counter-sign by ourselves terms we did not ask for (or accept): an operator looks.
         row.error_detail = f"the agreement's terms are not those of the offer; {WAITING_FOR_OPERATOR}"
+
+
+def _consumer_signature(core: ServiceCore, agreement: dict[str, Any]) -> str:
+    return sign_agreement(agreement, core.key, f"{core.settings.did}#{KEY_FRAGMENT}")
 
 
 def _verification(row: NegotiationRow, signature: str | None) -> Pending:
@@ -924,8 +929,16 @@ def operator_action(
         _enqueue(row, Pending(Message.REQUEST, url, message))  # the offer becomes current once delivered
     elif action == "verify":
         _check_role(row, Role.CONSUMER, "verify")
+        _allowed(row, Message.VERIFICATION)  # before anything is signed
         record = agreement_for_negotiation(session, row.id)
-        _enqueue(row, _verification(row, record.consumer_signature if record else None))
+        if record is None:
+            raise NegotiationError(409, "there is no agreement to verify", row)
+        signature = record.consumer_signature or _consumer_signature(core, record.agreement)
+        _enqueue(row, _verification(row, signature))
+        try:  # the operator's counter-signature, saved with the verification it travels in
+            set_consumer_signature(session, record.id, signature, commit=False)
+        except ConflictError as exc:
+            raise NegotiationError(409, str(exc), row) from None
     else:
         raise NegotiationError(404, f"there is no action {action!r}")
     session.add(row)

@@ -25,6 +25,7 @@ import pytest
 from sqlmodel import Session
 
 from catalog.jsonld import EDC_NS
+from contracts.models import AgreementRow
 from identity.keys import load_private_key
 from identity.tokens import issue_token
 from identity.trustlist import add_member
@@ -104,6 +105,15 @@ def _refused(response: httpx.Response, status: int, *needles: str) -> None:
     edc_error(response, status, "ObjectConflict" if status == 409 else "ObjectNotFound", *needles)
 
 
+def _stored_agreement(node: Node, agreement_id: str) -> AgreementRow:
+    engine = node.engine()
+    try:
+        [row] = [r for r in agreement_rows(engine) if r.id == agreement_id]
+    finally:
+        engine.dispose()
+    return row
+
+
 # ---------------------------------------------------------------- automatic
 
 
@@ -133,11 +143,7 @@ def test_automatic_negotiation_stores_the_agreement_signed_by_both_on_both_sides
 
     # Both sides hold the agreement, each signature verifying with its party's own key.
     for node in (pair.city, pair.transit):
-        engine = node.engine()
-        try:
-            [row] = [r for r in agreement_rows(engine) if r.id == agreement_id]
-        finally:
-            engine.dispose()
+        row = _stored_agreement(node, agreement_id)
         assert (row.provider_did, row.consumer_did, row.asset_id) == (
             pair.city.did,
             pair.transit.did,
@@ -291,11 +297,18 @@ def test_manual_consumer_verifies_by_hand(pair: Pair) -> None:
     consumer_id, provider_id = pair.negotiate("verify-stops", approval="manual")
     consumer, _ = pair.both(consumer_id, provider_id, "AGREED")
     assert consumer["approval"] == "manual"
-    assert consumer["contractAgreementId"]
+    agreement_id = consumer["contractAgreementId"]
     _still(pair.tapi, consumer_id, "AGREED")
+    # The consumer holds the provider's signed agreement, and has signed nothing: no operator has.
+    waiting = _stored_agreement(pair.transit, agreement_id)
+    assert waiting.provider_signature
+    assert waiting.consumer_signature is None
     _refused(act(pair.tapi, consumer_id, "accept"), 409, "AGREED")
     acted(pair.tapi, consumer_id, "verify")
     pair.both(consumer_id, provider_id, "FINALIZED")
+    parties = (pair.city.did, pair.city.public_jwk), (pair.transit.did, pair.transit.public_jwk)
+    for node in (pair.city, pair.transit):  # the operator's counter-signature, on both sides
+        assert_signed_by_both(_stored_agreement(node, agreement_id), *parties)
 
 
 def _offer_body(offer_id: str, purpose: str) -> dict[str, Any]:
