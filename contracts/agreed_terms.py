@@ -18,7 +18,6 @@ from catalog.jsonld import (
     ODRL_NS,
     JsonLdInputError,
     expand_with_known_contexts,
-    jsonld_options,
 )
 from contracts.agreements import AgreementRecord
 from policies.odrl import Policy, PolicyError, parse_policy
@@ -37,9 +36,9 @@ def _rules_document(node: dict[str, Any], **members: Any) -> tuple[dict[str, Any
 def agreed_policy(agreement: AgreementRecord) -> Policy:
     """The agreement's permissions, prohibitions and duties; PolicyError when they cannot be read."""
     terms, node = _rules_document(agreement.agreement, **{"@id": agreement.id})
-    try:
-        expanded = jsonld.expand(node, jsonld_options())
-    except jsonld.JsonLdError as exc:
+    try:  # the shared context cache (see ``terms_key``): usage control reads this at every access
+        expanded = expand_with_known_contexts(node)
+    except (jsonld.JsonLdError, JsonLdInputError) as exc:
         raise PolicyError(f"the agreed terms are not valid JSON-LD: {exc}", "") from None
     if len(expanded) != 1:
         raise PolicyError("the agreed terms are not one JSON-LD node", "")
