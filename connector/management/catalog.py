@@ -10,6 +10,7 @@ import json
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 from sqlmodel import Session
 
@@ -69,7 +70,7 @@ def catalog_router() -> APIRouter:
     @router.post("/request")
     async def catalog(request: Request, session: Session = Depends(db_session)) -> Response:
         node = await expanded_body(request)
-        member = _member(session, node)
+        member = await run_in_threadpool(_member, session, node)
         spec = query_spec_from_expanded(first_node(node, EDC_NS + "querySpec"))
         try:
             return _passthrough(await fetch_catalog(service_core(request).peer_client, member, spec))
@@ -82,7 +83,7 @@ def catalog_router() -> APIRouter:
         dataset_id = node.get("@id")
         if not isinstance(dataset_id, str) or not dataset_id:
             raise ManagementApiError(400, "ValidationFailure", "@id (the dataset id) is mandatory", "@id")
-        member = _member(session, node)
+        member = await run_in_threadpool(_member, session, node)
         try:
             return _passthrough(await fetch_dataset(service_core(request).peer_client, member, dataset_id))
         except RemoteCatalogError as exc:

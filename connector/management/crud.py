@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from fastapi import APIRouter, Depends, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from sqlmodel import Session
 
@@ -59,18 +60,24 @@ class Resource(Generic[R]):
 def crud_router(resource: Resource[R], *, tag: str) -> APIRouter:
     router = APIRouter(prefix=resource.path, tags=[tag], dependencies=[Depends(require_api_key)])
 
+    # The database work of an async route runs in a worker thread, never on the event loop (which
+    # serves every peer and worker of the connector meanwhile).
+    def _written(request: Request, session: Session, record: R, store: Callable[[Session, R], Any]) -> None:
+        store(session, record)
+        if resource.on_written is not None:
+            resource.on_written(request, record)
+
     @router.post("")
     async def create(request: Request, session: Session = Depends(db_session)) -> JSONResponse:
         record = resource.from_expanded(await expanded_body(request))
-        resource.create(session, record)
-        if resource.on_written is not None:
-            resource.on_written(request, record)
+        await run_in_threadpool(_written, request, session, record, resource.create)
         return id_response(resource.record_id(record), resource.created_at(record))
 
     @router.post("/request")
     async def query(request: Request, session: Session = Depends(db_session)) -> JSONResponse:
         spec = await query_spec_body(request)
-        return compacted_list([resource.to_expanded(r) for r in resource.query(session, spec)])
+        found = await run_in_threadpool(resource.query, session, spec)
+        return compacted_list([resource.to_expanded(r) for r in found])
 
     @router.get("/{object_id}")
     def get(object_id: str, session: Session = Depends(db_session)) -> JSONResponse:
@@ -89,9 +96,7 @@ def crud_router(resource: Resource[R], *, tag: str) -> APIRouter:
             node["@id"] = object_id
         record = resource.from_expanded(node, require_id=True)
         same_id(object_id, resource.record_id(record))
-        resource.replace(session, record)
-        if resource.on_written is not None:
-            resource.on_written(request, record)
+        await run_in_threadpool(_written, request, session, record, resource.replace)
         return no_content()
 
     @router.delete("/{object_id}")

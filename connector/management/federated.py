@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from sqlmodel import Session
 
@@ -143,7 +144,8 @@ def federated_catalog_router() -> APIRouter:
     @router.post("/request")
     async def search(request: Request, session: Session = Depends(db_session)) -> JSONResponse:
         asked = search_request_from(await read_json(request, optional=True))
-        page = search_federated(
+        page = await run_in_threadpool(
+            search_federated,
             session,
             asked.text,
             publisher=asked.publisher,

@@ -186,7 +186,8 @@ def negotiations_router() -> APIRouter:
     async def query(request: Request, session: Session = Depends(db_session)) -> JSONResponse:
         spec = await query_spec_body(request)
         statement = NEGOTIATION_FIELDS.statement(NegotiationRow, spec)
-        return JSONResponse([negotiation_to_edc(row) for row in session.scalars(statement)])
+        rows = await run_in_threadpool(lambda: list(session.scalars(statement)))
+        return JSONResponse([negotiation_to_edc(row) for row in rows])
 
     @router.get("/contractnegotiations/{negotiation_id}")
     def get(negotiation_id: str, session: Session = Depends(db_session)) -> JSONResponse:
@@ -219,7 +220,7 @@ def negotiations_router() -> APIRouter:
             )
         raw = await read_json(request, optional=True)
         body: dict[str, Any] | None = None
-        row = _found(session, negotiation_id)
+        row = await run_in_threadpool(_found, session, negotiation_id)
         if action in ("offer", "request"):
             node = expand_management_input(raw) if raw else None
             policy_node = first_node(node, EDC_NS + "policy") if node and EDC_NS + "policy" in node else node
@@ -241,7 +242,8 @@ def negotiations_router() -> APIRouter:
     @router.post("/contractagreements/request")
     async def agreements(request: Request, session: Session = Depends(db_session)) -> JSONResponse:
         spec = await query_spec_body(request)
-        return JSONResponse([agreement_to_edc(record) for record in query_agreements(session, spec)])
+        records = await run_in_threadpool(query_agreements, session, spec)
+        return JSONResponse([agreement_to_edc(record) for record in records])
 
     @router.get("/contractagreements/{agreement_id}")
     def get_agreement_route(agreement_id: str, session: Session = Depends(db_session)) -> JSONResponse:

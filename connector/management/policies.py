@@ -8,6 +8,7 @@ has committed, this replica's policy engine applies the change at once
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from sqlmodel import Session
 
@@ -27,6 +28,7 @@ from policies.definitions import (
     replace_policy_definition,
     stored_policy_node,
 )
+from policies.engine import Explanation
 from runtime.dependencies import db_session, service_core
 from runtime.requests import read_json
 
@@ -71,14 +73,19 @@ def policies_router() -> APIRouter:
         definition_id: str, request: Request, session: Session = Depends(db_session)
     ) -> JSONResponse:
         """Given a participant and a context: the decision, and which rules and constraints hold and why."""
-        if stored_policy_node(session, definition_id) is None:
+        if await run_in_threadpool(stored_policy_node, session, definition_id) is None:
             raise _not_found(definition_id)
         context, action = explain_request(await read_json(request))
         engine = service_core(request).policy_engine
-        explanation = engine.explain(definition_id, context, action)
-        if explanation is None:  # stored by another replica a moment ago
-            engine.refresh()
+
+        def explained() -> Explanation | None:
             explanation = engine.explain(definition_id, context, action)
+            if explanation is None:  # stored by another replica a moment ago
+                engine.refresh()
+                explanation = engine.explain(definition_id, context, action)
+            return explanation
+
+        explanation = await run_in_threadpool(explained)
         if explanation is None:
             raise _not_found(definition_id)
         return JSONResponse(explanation_body(explanation))

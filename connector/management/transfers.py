@@ -250,7 +250,8 @@ def transfers_router() -> APIRouter:
     async def query(request: Request, session: Session = Depends(db_session)) -> JSONResponse:
         spec = await query_spec_body(request)
         statement = TRANSFER_FIELDS.statement(TransferRow, spec)
-        return JSONResponse([transfer_to_edc(row) for row in session.scalars(statement)])
+        rows = await run_in_threadpool(lambda: list(session.scalars(statement)))
+        return JSONResponse([transfer_to_edc(row) for row in rows])
 
     @router.get("/transferprocesses/{transfer_id}")
     def get(transfer_id: str, session: Session = Depends(db_session)) -> JSONResponse:
@@ -271,7 +272,7 @@ def transfers_router() -> APIRouter:
             )
         raw = await read_json(request, optional=True)
         reason = first_value(expand_management_input(raw), EDC_NS + "reason") if raw else None
-        row = _found(session, transfer_id)
+        row = await run_in_threadpool(_found, session, transfer_id)
         core = service_core(request)
         try:
             await run_in_threadpool(

@@ -14,10 +14,10 @@ import json
 from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlmodel import Session
 from starlette.background import BackgroundTask
+from starlette.datastructures import FormData
 
 from connector.negotiations import INITIAL, NegotiationError, get_negotiation, operator_action
 from connector.pages.agreements_view import (
@@ -118,10 +118,14 @@ def negotiation_pages_router() -> APIRouter:
         return _negotiation_page(request, session, row, csrf, done=request.query_params.get("done"))
 
     @router.post("/negotiations/{negotiation_id}/{action}")
-    async def act(
-        negotiation_id: str, action: str, request: Request, session: Session = Depends(db_session)
+    def act(
+        negotiation_id: str,
+        action: str,
+        request: Request,
+        session: Session = Depends(db_session),
+        form: FormData = Depends(read_form),
     ) -> Response:
-        form = await read_form(request)
+        # A plain function: FastAPI runs it in a worker thread, off the event loop.
         token, signer = session_token(request), signer_for(request)
         back = negotiation_url(negotiation_id)
         if token is None or signer is None:
@@ -153,7 +157,7 @@ def negotiation_pages_router() -> APIRouter:
             body = {"reason": reason}
         done = "withdrawn" if action == "terminate" and row.state == INITIAL else action
         try:
-            await run_in_threadpool(operator_action, session, service_core(request), row, action, body)
+            operator_action(session, service_core(request), row, action, body)
         except NegotiationError as exc:
             session.rollback()
             fresh = get_negotiation(session, negotiation_id) or row

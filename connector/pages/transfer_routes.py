@@ -14,10 +14,10 @@ from pathlib import Path
 from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from sqlmodel import Session
 from starlette.background import BackgroundTask
+from starlette.datastructures import FormData
 
 from connector.dataplane.sink import read_sink, sink_dir
 from connector.pages.auth import CSRF_FIELD, LOGIN_PATH, session_token, signed_in, signer_for
@@ -133,10 +133,14 @@ def transfer_pages_router() -> APIRouter:
         return _transfer_page(request, session, row, csrf, done=request.query_params.get("done"))
 
     @router.post("/transfers/{transfer_id}/{action}")
-    async def act(
-        transfer_id: str, action: str, request: Request, session: Session = Depends(db_session)
+    def act(
+        transfer_id: str,
+        action: str,
+        request: Request,
+        session: Session = Depends(db_session),
+        form: FormData = Depends(read_form),
     ) -> Response:
-        form = await read_form(request)
+        # A plain function: FastAPI runs it in a worker thread, off the event loop.
         token, signer = session_token(request), signer_for(request)
         back = transfer_url(transfer_id)
         if token is None or signer is None:
@@ -155,9 +159,7 @@ def transfer_pages_router() -> APIRouter:
         reason = str(form.get("reason", "")).strip()[:MAX_REASON_LENGTH] if action == "terminate" else ""
         done = "withdrawn" if action == "terminate" and row.state == INITIAL else action
         try:
-            await run_in_threadpool(
-                operator_action, session, service_core(request), row, action, reason or None
-            )
+            operator_action(session, service_core(request), row, action, reason or None)
         except TransferError as exc:
             session.rollback()
             fresh = get_transfer(session, transfer_id) or row

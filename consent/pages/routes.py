@@ -16,6 +16,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import RedirectResponse, Response
 from sqlmodel import Session
+from starlette.datastructures import FormData
 
 from consent.errors import ConsentError, NotFound
 from consent.pages.auth import PAGES_PATH, Citizen, csrf_matches, require_citizen
@@ -142,9 +143,12 @@ def citizen_pages_router() -> APIRouter:
         )
 
     @router.post("/choices")
-    async def change(request: Request, db: Session = Depends(db_session)) -> Response:
+    def change(
+        request: Request, db: Session = Depends(db_session), form: FormData = Depends(read_form)
+    ) -> Response:
+        # A plain function (run in a worker thread): the database and the receipt's signature stay
+        # off the event loop.
         citizen = require_citizen(request, db)
-        form = await read_form(request)
         if not csrf_matches(citizen, form):
             return refused_page(request, citizen)
         wanted = form_text(form, "on")
@@ -200,9 +204,10 @@ def citizen_pages_router() -> APIRouter:
         )
 
     @router.post("/withdraw-all")
-    async def withdraw_all(request: Request, db: Session = Depends(db_session)) -> Response:
+    def withdraw_all(
+        request: Request, db: Session = Depends(db_session), form: FormData = Depends(read_form)
+    ) -> Response:
         citizen = require_citizen(request, db)
-        form = await read_form(request)
         if not csrf_matches(citizen, form):
             return refused_page(request, citizen)
         if form_text(form, "confirm") != "yes":

@@ -12,8 +12,10 @@ from __future__ import annotations
 import math
 
 from fastapi import APIRouter, Depends, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlmodel import Session
+from starlette.datastructures import FormData
 
 from consent.accounts import citizen_for_oidc, verify_password
 from consent.citizen_sessions import (
@@ -120,8 +122,11 @@ def sign_in_router(settings: ConsentSettings) -> APIRouter:
         return sign_in_page(request, next_path=next_path, notice=notice)
 
     @router.post("/sign-in")
-    async def sign_in(request: Request, db: Session = Depends(db_session)) -> Response:
-        form = await read_form(request)
+    def sign_in(
+        request: Request, db: Session = Depends(db_session), form: FormData = Depends(read_form)
+    ) -> Response:
+        # A plain function: FastAPI runs it in a worker thread, so the password hash (tens of ms) and
+        # the database never hold up the event loop.
         next_path = safe_next(form_text(form, "next"))
         name = form_text(form, "name").strip().lower()[:64]
         wait = by_address.attempt(client_address(request))
@@ -152,8 +157,9 @@ def sign_in_router(settings: ConsentSettings) -> APIRouter:
         return _signed_in_response(request, db, citizen.id, next_path)
 
     @router.post("/sign-out")
-    async def sign_out(request: Request, db: Session = Depends(db_session)) -> Response:
-        form = await read_form(request)
+    def sign_out(
+        request: Request, db: Session = Depends(db_session), form: FormData = Depends(read_form)
+    ) -> Response:
         citizen = current_citizen(request, db)
         if citizen is None:
             return RedirectResponse(SIGN_IN_PATH, status_code=303)
@@ -176,7 +182,7 @@ def sign_in_router(settings: ConsentSettings) -> APIRouter:
             )
         if not sign_in_csrf_matches(request, form):
             return refused_page(request, None)
-        pending = begin_oidc_sign_in(db, safe_next(form_text(form, "next")))
+        pending = await run_in_threadpool(begin_oidc_sign_in, db, safe_next(form_text(form, "next")))
         try:
             url = await oidc.authorization_url(
                 state=pending.state, nonce=pending.nonce, code_verifier=pending.code_verifier
@@ -203,7 +209,7 @@ def sign_in_router(settings: ConsentSettings) -> APIRouter:
                 status=404,
                 message="Sign-in through another account is not set up.",
             )
-        pending = take_oidc_sign_in(db, request.cookies.get(OIDC_BINDING_COOKIE))
+        pending = await run_in_threadpool(take_oidc_sign_in, db, request.cookies.get(OIDC_BINDING_COOKIE))
         state = request.query_params.get("state", "")
         code = request.query_params.get("code", "")
         failed = None
@@ -232,8 +238,12 @@ def sign_in_router(settings: ConsentSettings) -> APIRouter:
             )
             clear_cookie(request, response, OIDC_BINDING_COOKIE)
             return response
-        citizen = citizen_for_oidc(db, identity.issuer, identity.subject, display_name=identity.name)
-        response = _signed_in_response(request, db, citizen.id, pending.next_path)
+
+        def signed_in() -> Response:  # the database, off the event loop
+            citizen = citizen_for_oidc(db, identity.issuer, identity.subject, display_name=identity.name)
+            return _signed_in_response(request, db, citizen.id, pending.next_path)
+
+        response = await run_in_threadpool(signed_in)
         clear_cookie(request, response, OIDC_BINDING_COOKIE)
         return response
 
