@@ -7,6 +7,7 @@ on 127.0.0.1, against real connectors, and is stopped with SIGTERM as ``docker s
 
 from __future__ import annotations
 
+import asyncio
 import fnmatch
 import json
 import os
@@ -16,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import tomllib
 from collections.abc import Callable, Iterator
@@ -24,6 +26,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import aiomqtt
 import httpx
 import pytest
 import yaml
@@ -74,7 +77,7 @@ def _environment(service: dict[str, Any]) -> dict[str, str]:
 def test_compose_has_the_demo_topology() -> None:
     compose = _compose()
     services = compose["services"]
-    assert set(services) == {"postgres", *PARTICIPANTS}
+    assert set(services) == {"postgres", "mqtt", *PARTICIPANTS}
     assert compose["name"] == "tessera"
     assert COMPOSE.read_text(encoding="utf-8").startswith("#"), "usage comment at the top"
 
@@ -180,6 +183,102 @@ def test_compose_participants_do_not_share_state() -> None:
     assert "postgres-data" not in volumes
 
 
+# --- the MQTT broker ------------------------------------------------------------------------------
+
+MOSQUITTO_CONF = DOCKER / "mosquitto.conf"
+
+
+def test_compose_mqtt_broker_requires_sign_in_and_listens_on_loopback_only() -> None:
+    mqtt = _compose()["services"]["mqtt"]
+    assert mqtt["image"].startswith("eclipse-mosquitto:2")
+    assert mqtt["ports"] == ["127.0.0.1:1883:1883"]
+    assert "./mosquitto.conf:/mosquitto/config/mosquitto.conf:ro" in mqtt["volumes"]
+    environment = _environment(mqtt)
+    assert environment["MQTT_USERNAME"] == "sensors"
+    assert environment["MQTT_PASSWORD"] == "tessera"
+    script = mqtt["command"][-1]
+    assert "mosquitto_passwd -c -b /mosquitto/data/passwords" in script
+    assert script.rstrip().endswith("exec mosquitto -c /mosquitto/config/mosquitto.conf")
+    lines = [
+        line.split() for line in MOSQUITTO_CONF.read_text().splitlines() if line and not line.startswith("#")
+    ]
+    assert ["allow_anonymous", "false"] in lines
+    assert ["password_file", "/mosquitto/data/passwords"] in lines
+    assert all("#" not in " ".join(line) for line in lines), (
+        "Mosquitto reads a trailing # as part of the value"
+    )
+
+
+def _broker_config(port: int, passwords: Path) -> str:
+    """docker/mosquitto.conf as the container reads it, on a free loopback port and a local file."""
+    text = MOSQUITTO_CONF.read_text()
+    assert "listener 1883\n" in text
+    assert "password_file /mosquitto/data/passwords\n" in text
+    text = text.replace("listener 1883\n", f"listener {port} 127.0.0.1\n")
+    return text.replace("password_file /mosquitto/data/passwords\n", f"password_file {passwords}\n")
+
+
+@pytest.fixture
+def compose_broker(tmp_path: Path) -> Iterator[int]:
+    """Mosquitto run with docker/mosquitto.conf and a password file made as compose.yaml makes it."""
+    mosquitto, passwd = shutil.which("mosquitto") or "/usr/sbin/mosquitto", shutil.which("mosquitto_passwd")
+    if not Path(mosquitto).exists() or passwd is None:
+        pytest.skip("Mosquitto is not installed here (Debian package mosquitto): the broker's config not run")
+    # A directory the broker's own user can enter (it drops root for "mosquitto" when that user exists).
+    state = Path(tempfile.mkdtemp(prefix="tessera-mqtt-"))
+    state.chmod(0o711)
+    passwords = state / "passwords"
+    made = subprocess.run(
+        [passwd, "-c", "-b", str(passwords), "sensors", "tessera"], capture_output=True, check=False
+    )
+    assert made.returncode == 0, made.stderr
+    with suppress(KeyError, PermissionError):
+        shutil.chown(passwords, "mosquitto", "mosquitto")
+    passwords.chmod(0o600)
+    port = free_port()
+    config = tmp_path / "mosquitto.conf"
+    config.write_text(_broker_config(port, passwords))
+    process = subprocess.Popen(
+        [mosquitto, "-c", str(config)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            with suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                break
+            if process.poll() is not None or time.monotonic() > deadline:
+                output = process.stdout.read().decode() if process.stdout else ""
+                raise AssertionError(f"mosquitto did not start with docker/mosquitto.conf: {output}")
+            time.sleep(0.05)
+        yield port
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+        shutil.rmtree(state, ignore_errors=True)
+
+
+def test_the_compose_broker_refuses_anonymous_clients_and_carries_signed_in_ones(compose_broker: int) -> None:
+    async def exchange() -> None:
+        with pytest.raises(aiomqtt.MqttError):
+            async with aiomqtt.Client("127.0.0.1", compose_broker, timeout=5):
+                pass
+        with pytest.raises(aiomqtt.MqttError):
+            async with aiomqtt.Client(
+                "127.0.0.1", compose_broker, username="sensors", password="wrong", timeout=5
+            ):
+                pass
+        async with aiomqtt.Client(
+            "127.0.0.1", compose_broker, username="sensors", password="tessera"
+        ) as client:
+            await client.subscribe("road/counts")
+            await client.publish("road/counts", b'{"vehicles": 12}')
+            async with asyncio.timeout(5):
+                message = await anext(aiter(client.messages))
+            assert message.payload == b'{"vehicles": 12}'
+
+    asyncio.run(exchange())
+
+
 def test_docker_compose_config_accepts_the_file() -> None:
     docker = shutil.which("docker")
     if docker is None:
@@ -195,7 +294,7 @@ def test_docker_compose_config_accepts_the_file() -> None:
         timeout=60,
     )
     assert result.returncode == 0, result.stderr
-    assert set(result.stdout.split()) == {"postgres", *PARTICIPANTS}
+    assert set(result.stdout.split()) == {"postgres", "mqtt", *PARTICIPANTS}
 
 
 # --- Dockerfile -------------------------------------------------------------------------------
