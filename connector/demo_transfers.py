@@ -113,7 +113,12 @@ class Pulled:
 
 
 def pull(consumer: ParticipantSettings, provider: ParticipantSettings, dataset: str) -> Pulled:
-    """A pull transfer, and one download into ``<consumer data_dir>/downloads/``."""
+    """A pull transfer, and one download into ``<consumer data_dir>/downloads/``.
+
+    The transfer stays STARTED (its data address can be used again); the one an earlier run left
+    so is completed first, so that runs do not pile up open transfers.
+    """
+    complete_earlier(consumer, provider, dataset)
     transfer_id = _request(consumer, provider, dataset, "HttpData-PULL")
     wait_for(consumer, transfer_id, "STARTED")
     endpoint, token = _edr(consumer, transfer_id)
@@ -187,8 +192,9 @@ class LiveSubscription:
             self._thread.join(timeout=10)
 
 
-def complete_earlier_live(consumer: ParticipantSettings, provider: ParticipantSettings, dataset: str) -> int:
-    """Complete live subscriptions a previous run left STARTED (it was killed); how many."""
+def complete_earlier(consumer: ParticipantSettings, provider: ParticipantSettings, dataset: str) -> int:
+    """End the transfers of ``dataset`` a previous run left open (a pull, or a live subscription whose
+    run was killed): STARTED ones are completed, SUSPENDED ones terminated; how many."""
     query = {
         "@context": EDC_VOCAB,
         "@type": "QuerySpec",
@@ -211,7 +217,7 @@ def complete_earlier_live(consumer: ParticipantSettings, provider: ParticipantSe
 
 def subscribe(consumer: ParticipantSettings, provider: ParticipantSettings, dataset: str) -> LiveSubscription:
     """A live transfer whose messages are appended to ``<consumer data_dir>/live/<dataset>.ndjson``."""
-    complete_earlier_live(consumer, provider, dataset)
+    complete_earlier(consumer, provider, dataset)
     transfer_id = _request(consumer, provider, dataset, "HttpData-PULL")
     wait_for(consumer, transfer_id, "STARTED")
     endpoint, token = _edr(consumer, transfer_id)

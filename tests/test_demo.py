@@ -205,6 +205,8 @@ def test_demo_runs_four_participants_and_stops_cleanly(tmp_path: Path, tessera_c
         assert "transit already holds agreement" in output  # negotiated once
         assert "city already holds agreement" in output
         _check_transfers(root, output)  # transfers run again under the same agreements
+        # The first run's pull, left STARTED, was completed: runs do not pile up open transfers.
+        assert _pull_states(root, output) == ["COMPLETED", "STARTED"]
         assert {name: (root / name / "keys" / "public-key.jwk").read_text() for name in NAMES} == dids_before
         # Killed outright (no chance to clean up), the demo still takes its participants with it.
         process.kill()
@@ -267,6 +269,24 @@ def _check_transfers(root: Path, output: str) -> None:
     assert not list((root / "city" / "sink" / ".partial").glob("*")), "nothing half-written"
     assert f"{_url_of(output, 'city')}/ui/transfers" in output
     _check_operator_pages(root, output)
+
+
+def _pull_states(root: Path, output: str) -> list[str]:
+    """The states of transit's transfers of the city's bike-counts, sorted (its Management API)."""
+    key = (root / "transit" / "management-api-key").read_text().strip()
+    query = {
+        "@context": {"@vocab": "https://w3id.org/edc/v0.0.1/ns/"},
+        "@type": "QuerySpec",
+        "filterExpression": [{"operandLeft": "assetId", "operator": "=", "operandRight": "bike-counts"}],
+    }
+    found = httpx.post(
+        f"{_url_of(output, 'transit')}/management/v3/transferprocesses/request",
+        json=query,
+        headers={"X-Api-Key": key},
+        timeout=10,
+    )
+    assert found.status_code == 200, found.text
+    return sorted(transfer["state"] for transfer in found.json())
 
 
 def _signed_in(base_url: str, key: str) -> httpx.Client:
