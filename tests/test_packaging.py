@@ -48,6 +48,7 @@ def test_wheel_contains_migrations_schemas_and_licences(tmp_path: Path) -> None:
         "connector/auditor/static/audit-verify.js",
         "consent/pages/templates/choices.html",
         "consent/pages/static/consent.css",
+        "runtime/static/pages-base.css",
         "consent/pages/static/consent.js",
         "identity/tokens.py",
         "runtime/service.py",

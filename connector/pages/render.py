@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from functools import cache
-from importlib import resources
 from typing import Any
 from urllib.parse import quote
 
@@ -13,6 +12,7 @@ from fastapi.responses import HTMLResponse
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
 from runtime.dependencies import service_core
+from runtime.page_styles import page_stylesheet
 
 # No script at all, styles from this connector only, forms post back here only, no framing.
 CONTENT_SECURITY_POLICY = (
@@ -76,9 +76,8 @@ def environment() -> Environment:
     return env
 
 
-@cache
 def stylesheet() -> bytes:
-    return (resources.files("connector.pages") / "static" / "pages.css").read_bytes()
+    return page_stylesheet("connector.pages", "pages.css")
 
 
 def page(

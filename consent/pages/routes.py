@@ -44,6 +44,7 @@ from consent.service import (
 )
 from runtime.dependencies import db_session
 from runtime.forms import form_text, read_form
+from runtime.page_styles import page_stylesheet
 
 METHOD = "self-service-page"
 DOWNLOAD_HEADERS = {"X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"}
@@ -93,7 +94,9 @@ def citizen_pages_router() -> APIRouter:
 
     @router.get("/static/consent.css")
     def css() -> Response:
-        return Response(static_file("consent.css"), media_type="text/css", headers=STATIC_HEADERS)
+        return Response(
+            page_stylesheet("consent.pages", "consent.css"), media_type="text/css", headers=STATIC_HEADERS
+        )
 
     @router.get("/static/consent.js")
     def script() -> Response:
