@@ -24,12 +24,14 @@ from connector.translog.models import (
 from contracts.models import AgreementRow, CasbinRuleRow, NegotiationRow, PolicyEngineVersionRow
 from identity.replay import SeenToken
 from identity.trustlist import Member
+from runtime.ratelimit import SignInAttempt
 from runtime.schema import metadata_of
 
 metadata = metadata_of(
     [
         Member,
         SeenToken,
+        SignInAttempt,
         Asset,
         AssetProperty,
         PolicyDefinition,

@@ -18,12 +18,14 @@ from consent.models import (
 )
 from identity.replay import SeenToken
 from identity.trustlist import Member
+from runtime.ratelimit import SignInAttempt
 from runtime.schema import metadata_of
 
 metadata = metadata_of(
     [
         Member,
         SeenToken,
+        SignInAttempt,
         Organisation,
         DataAgreement,
         AgreementRevision,

@@ -1,46 +1,87 @@
-"""A sliding-window rate limit per key (the client's IP address for sign-in attempts)."""
+"""Sign-in attempt limits shared by every replica of a service: a sliding window per key, in its database.
+
+A limit kept in one process's memory lets each replica grant its own
+allowance: two replicas of a connector behind one address would let a guesser
+try twice as many API keys or passwords. The attempts are rows of
+``sign_in_attempt`` instead, in the database the replicas share, and a check
+and its record are one transaction: serialised on SQLite by its single writer,
+and per key on PostgreSQL by a transaction-scoped advisory lock.
+
+Keys (a client address, a citizen's account name) are personal data: only
+their SHA-256, with the limit's scope, is stored, and a row is deleted once it
+has left the window.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 
-MAX_TRACKED_KEYS = 10_000
+from sqlalchemy import BigInteger, Column, Engine, delete, func, insert, select, text
+from sqlmodel import Field, SQLModel
+
+PURGE_EVERY = 200  # attempts between sweeps of every key's expired rows (each key's own go at once)
 
 
-class SlidingWindowLimiter:
-    """At most ``limit`` events per ``window`` seconds for each key.
+class SignInAttempt(SQLModel, table=True):
+    __tablename__ = "sign_in_attempt"
 
-    Memory stays bounded: keys whose events have all left the window are
-    dropped, and past ``MAX_TRACKED_KEYS`` the stalest keys go first.
+    id: int | None = Field(default=None, primary_key=True)
+    scope: str = Field(max_length=32)  # which limit: "operator-pages", "citizen-name", ...
+    key_hash: str = Field(max_length=64, index=True)  # SHA-256 of scope and key, hex
+    at_ms: int = Field(sa_column=Column(BigInteger, nullable=False, index=True))
+
+
+_ATTEMPTS = SignInAttempt.metadata.tables["sign_in_attempt"]
+_A = _ATTEMPTS.c
+
+
+class SharedAttemptLimiter:
+    """At most ``limit`` attempts per ``window`` seconds for each key, counted across replicas.
+
+    ``attempt`` records an attempt and answers None, or, when the window is full,
+    records nothing and answers the seconds until one will be allowed.
     """
 
-    def __init__(self, limit: int, window: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, scope: str, limit: int, window: float, clock: Callable[[], float] = time.time) -> None:
+        self.scope = scope
         self.limit = limit
         self.window = window
-        self._clock = clock
-        self._events: dict[str, deque[float]] = {}
+        self._clock = clock  # wall-clock seconds: replicas compare their times
+        self._since_purge = 0
         self._lock = threading.Lock()
 
-    def attempt(self, key: str) -> float | None:
-        """Record an attempt; None when it is allowed, else the seconds until one will be."""
-        now = self._clock()
-        with self._lock:
-            events = self._events.setdefault(key, deque())
-            while events and events[0] <= now - self.window:
-                events.popleft()
-            if len(events) >= self.limit:
-                return max(0.0, events[0] + self.window - now)
-            events.append(now)
-            if len(self._events) > MAX_TRACKED_KEYS:
-                self._prune(now)
-            return None
+    def key_hash(self, key: str) -> str:
+        return hashlib.sha256(f"{self.scope}\x00{key}".encode()).hexdigest()
 
-    def _prune(self, now: float) -> None:
-        for key in [k for k, e in self._events.items() if not e or e[-1] <= now - self.window]:
-            del self._events[key]
-        while len(self._events) > MAX_TRACKED_KEYS:
-            stalest = min(self._events, key=lambda k: self._events[k][-1])
-            del self._events[stalest]
+    def attempt(self, engine: Engine, key: str) -> float | None:
+        now_ms = int(self._clock() * 1000)
+        window_ms = int(self.window * 1000)
+        hashed = self.key_hash(key)
+        mine = (_A.scope == self.scope) & (_A.key_hash == hashed)
+        with engine.begin() as connection:
+            if connection.dialect.name == "postgresql":
+                # One check-and-record at a time per key, whichever replica makes it.
+                lock = int.from_bytes(bytes.fromhex(hashed[:16]), "big", signed=True)
+                connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": lock})
+            # A write first: on SQLite it takes the database's write lock for this transaction.
+            connection.execute(delete(_ATTEMPTS).where(mine, _A.at_ms <= now_ms - window_ms))
+            count, oldest = connection.execute(select(func.count(), func.min(_A.at_ms)).where(mine)).one()
+            if int(count) >= self.limit:
+                return max(0.0, (int(oldest) + window_ms - now_ms) / 1000)
+            connection.execute(insert(_ATTEMPTS).values(scope=self.scope, key_hash=hashed, at_ms=now_ms))
+        self._purge_now_and_then(engine, now_ms - window_ms)
+        return None
+
+    def _purge_now_and_then(self, engine: Engine, cutoff_ms: int) -> None:
+        """Delete this scope's rows that have left the window, for every key (keys seen once stay
+        otherwise): every ``PURGE_EVERY`` attempts made through this process."""
+        with self._lock:
+            self._since_purge += 1
+            if self._since_purge < PURGE_EVERY:
+                return
+            self._since_purge = 0
+        with engine.begin() as connection:
+            connection.execute(delete(_ATTEMPTS).where(_A.scope == self.scope, _A.at_ms <= cutoff_ms))

@@ -19,11 +19,13 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from sqlalchemy import delete
 
 from consent.accounts import AccountError, add_citizen, verify_password
 from consent.app import create_app
 from consent.receipts import verify_receipt
 from consent.settings import load_consent_settings
+from runtime.ratelimit import SignInAttempt
 from runtime.service import ServiceCore
 from tests.conftest import free_port
 from tests.consent_pages_helpers import (
@@ -68,8 +70,11 @@ def service(
 
 @pytest.fixture
 def app_core(service: ConsentService) -> Iterator[ServiceCore]:
-    """The service's core, with one app (so one set of sign-in limits) for the whole test."""
+    """The service's core and one app for the whole test, which starts a minute after the last: no
+    sign-in attempt is still counted (the limits live in the shared database, runtime.ratelimit)."""
     core = ServiceCore.create(load_consent_settings(service.data_dir))
+    with core.engine.begin() as connection:
+        connection.execute(delete(SignInAttempt.metadata.tables["sign_in_attempt"]))
     _apps[id(core)] = create_app(core)
     try:
         yield core

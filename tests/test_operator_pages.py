@@ -25,7 +25,7 @@ from connector.pages.auth import safe_next
 from connector.pages.data_address import public_data_address
 from connector.pages.session import SESSION_LIFETIME_SECONDS, SessionSigner
 from connector.pages.words import dsp_offer_words
-from runtime.ratelimit import SlidingWindowLimiter
+from runtime.ratelimit import SharedAttemptLimiter
 from tests.conftest import Participant
 from tests.pages_helpers import (
     SECRETS,
@@ -435,16 +435,17 @@ def test_csrf_tokens_belong_to_one_session() -> None:
     assert not signer.csrf_matches(first, "")
 
 
-def test_the_rate_limit_is_per_address_and_slides() -> None:
-    now = [0.0]
-    limiter = SlidingWindowLimiter(3, 60, clock=lambda: now[0])
-    assert [limiter.attempt("a") for _ in range(3)] == [None, None, None]
-    assert limiter.attempt("a") == 60
-    assert limiter.attempt("b") is None
-    now[0] = 59.5
-    assert limiter.attempt("a") == 0.5
-    now[0] = 60
-    assert limiter.attempt("a") is None
+def test_the_rate_limit_is_per_address_and_slides(make_connector: Callable[..., Participant]) -> None:
+    engine = make_connector("city").core.engine
+    now = [1_000.0]
+    limiter = SharedAttemptLimiter("operator-pages", 3, 60, clock=lambda: now[0])
+    assert [limiter.attempt(engine, "a") for _ in range(3)] == [None, None, None]
+    assert limiter.attempt(engine, "a") == 60
+    assert limiter.attempt(engine, "b") is None
+    now[0] = 1_059.5
+    assert limiter.attempt(engine, "a") == 0.5
+    now[0] = 1_060
+    assert limiter.attempt(engine, "a") is None
 
 
 def test_data_addresses_lose_their_secrets() -> None:

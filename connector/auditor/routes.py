@@ -63,7 +63,7 @@ from contracts.evidence import EvidenceError
 from contracts.models import NegotiationRow
 from runtime.dependencies import db_session, service_core
 from runtime.forms import read_form
-from runtime.ratelimit import SlidingWindowLimiter
+from runtime.ratelimit import SharedAttemptLimiter
 
 SIGN_IN_ATTEMPTS = 10
 SIGN_IN_WINDOW_SECONDS = 60.0
@@ -162,7 +162,7 @@ def _bundle_chunks(spool: IO[bytes]) -> Iterator[bytes]:
 
 def audit_router() -> APIRouter:
     router = APIRouter(prefix=AUDIT_PATH, include_in_schema=False)
-    limiter = SlidingWindowLimiter(SIGN_IN_ATTEMPTS, SIGN_IN_WINDOW_SECONDS)
+    limiter = SharedAttemptLimiter("auditor-pages", SIGN_IN_ATTEMPTS, SIGN_IN_WINDOW_SECONDS)
 
     @router.get("/static/audit-verify.js")
     def script() -> Response:
@@ -182,7 +182,8 @@ def audit_router() -> APIRouter:
 
     @router.post("/login")
     async def login(request: Request) -> Response:
-        wait = limiter.attempt(request.client.host if request.client else "unknown")
+        address = request.client.host if request.client else "unknown"
+        wait = await run_in_threadpool(limiter.attempt, service_core(request).engine, address)
         form = await read_form(request)
         next_path = safe_audit_next(str(form.get("next", AUDIT_PATH)))
         name = str(form.get("name", ""))[:64]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 
 from fastapi import APIRouter, Depends, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlmodel import Session
 
@@ -46,7 +47,7 @@ from connector.pages.transfer_log_view import transfer_log_page_router
 from connector.pages.transfer_routes import transfer_pages_router
 from runtime.dependencies import db_session, service_core
 from runtime.forms import read_form
-from runtime.ratelimit import SlidingWindowLimiter
+from runtime.ratelimit import SharedAttemptLimiter
 
 SIGN_IN_ATTEMPTS = 10
 SIGN_IN_WINDOW_SECONDS = 60.0
@@ -89,7 +90,7 @@ def _client_address(request: Request) -> str:
 
 def pages_router() -> APIRouter:
     router = APIRouter(prefix=UI_PATH, include_in_schema=False)
-    limiter = SlidingWindowLimiter(SIGN_IN_ATTEMPTS, SIGN_IN_WINDOW_SECONDS)
+    limiter = SharedAttemptLimiter("operator-pages", SIGN_IN_ATTEMPTS, SIGN_IN_WINDOW_SECONDS)
 
     @router.get("/static/pages.css")
     def css() -> Response:
@@ -109,7 +110,8 @@ def pages_router() -> APIRouter:
 
     @router.post("/login")
     async def login(request: Request) -> Response:
-        wait = limiter.attempt(_client_address(request))
+        engine = service_core(request).engine
+        wait = await run_in_threadpool(limiter.attempt, engine, _client_address(request))
         form = await read_form(request)
         next_path = safe_next(str(form.get("next", UI_PATH)))
         if wait is not None:

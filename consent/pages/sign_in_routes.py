@@ -45,10 +45,10 @@ from consent.pages.auth import (
 )
 from consent.pages.render import csp_with_form_targets, message_page, page, refused_page
 from consent.settings import ConsentSettings
-from runtime.dependencies import db_session
+from runtime.dependencies import db_session, service_core
 from runtime.forms import form_text, read_form
 from runtime.logging import get_logger
-from runtime.ratelimit import SlidingWindowLimiter
+from runtime.ratelimit import SharedAttemptLimiter
 
 SIGN_IN_ATTEMPTS_PER_ADDRESS = 10
 SIGN_IN_ATTEMPTS_PER_NAME = 10
@@ -80,8 +80,8 @@ def _signed_in_response(request: Request, db: Session, citizen_id: str, next_pat
 
 def sign_in_router(settings: ConsentSettings) -> APIRouter:
     router = APIRouter(prefix=PAGES_PATH, include_in_schema=False)
-    by_address = SlidingWindowLimiter(SIGN_IN_ATTEMPTS_PER_ADDRESS, SIGN_IN_WINDOW_SECONDS)
-    by_name = SlidingWindowLimiter(SIGN_IN_ATTEMPTS_PER_NAME, SIGN_IN_WINDOW_SECONDS)
+    by_address = SharedAttemptLimiter("citizen-address", SIGN_IN_ATTEMPTS_PER_ADDRESS, SIGN_IN_WINDOW_SECONDS)
+    by_name = SharedAttemptLimiter("citizen-name", SIGN_IN_ATTEMPTS_PER_NAME, SIGN_IN_WINDOW_SECONDS)
     oidc = oidc_client_for(settings)
 
     def sign_in_page(
@@ -129,9 +129,10 @@ def sign_in_router(settings: ConsentSettings) -> APIRouter:
         # the database never hold up the event loop.
         next_path = safe_next(form_text(form, "next"))
         name = form_text(form, "name").strip().lower()[:64]
-        wait = by_address.attempt(client_address(request))
+        engine = service_core(request).engine
+        wait = by_address.attempt(engine, client_address(request))
         if wait is None and name:
-            wait = by_name.attempt(name)
+            wait = by_name.attempt(engine, name)
         if wait is not None:
             seconds = max(1, math.ceil(wait))
             log.warning("citizen sign-in rate limited")
