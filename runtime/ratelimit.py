@@ -8,21 +8,19 @@ and its record are one transaction: serialised on SQLite by its single writer,
 and per key on PostgreSQL by a transaction-scoped advisory lock.
 
 Keys (a client address, a citizen's account name) are personal data: only
-their SHA-256, with the limit's scope, is stored, and a row is deleted once it
-has left the window.
+their SHA-256, with the limit's scope, is stored (pseudonymous, not anonymous:
+an address can be found again by trying them all), and every attempt deletes
+the rows of its scope that have left the window.
 """
 
 from __future__ import annotations
 
 import hashlib
-import threading
 import time
 from collections.abc import Callable
 
 from sqlalchemy import BigInteger, Column, Engine, delete, func, insert, select, text
 from sqlmodel import Field, SQLModel
-
-PURGE_EVERY = 200  # attempts between sweeps of every key's expired rows (each key's own go at once)
 
 
 class SignInAttempt(SQLModel, table=True):
@@ -50,8 +48,6 @@ class SharedAttemptLimiter:
         self.limit = limit
         self.window = window
         self._clock = clock  # wall-clock seconds: replicas compare their times
-        self._since_purge = 0
-        self._lock = threading.Lock()
 
     def key_hash(self, key: str) -> str:
         return hashlib.sha256(f"{self.scope}\x00{key}".encode()).hexdigest()
@@ -66,22 +62,13 @@ class SharedAttemptLimiter:
                 # One check-and-record at a time per key, whichever replica makes it.
                 lock = int.from_bytes(bytes.fromhex(hashed[:16]), "big", signed=True)
                 connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": lock})
-            # A write first: on SQLite it takes the database's write lock for this transaction.
-            connection.execute(delete(_ATTEMPTS).where(mine, _A.at_ms <= now_ms - window_ms))
+            # A write first (on SQLite it takes the database's write lock for this transaction): what
+            # has left the window goes, for every key of this scope.
+            connection.execute(
+                delete(_ATTEMPTS).where(_A.scope == self.scope, _A.at_ms <= now_ms - window_ms)
+            )
             count, oldest = connection.execute(select(func.count(), func.min(_A.at_ms)).where(mine)).one()
             if int(count) >= self.limit:
                 return max(0.0, (int(oldest) + window_ms - now_ms) / 1000)
             connection.execute(insert(_ATTEMPTS).values(scope=self.scope, key_hash=hashed, at_ms=now_ms))
-        self._purge_now_and_then(engine, now_ms - window_ms)
         return None
-
-    def _purge_now_and_then(self, engine: Engine, cutoff_ms: int) -> None:
-        """Delete this scope's rows that have left the window, for every key (keys seen once stay
-        otherwise): every ``PURGE_EVERY`` attempts made through this process."""
-        with self._lock:
-            self._since_purge += 1
-            if self._since_purge < PURGE_EVERY:
-                return
-            self._since_purge = 0
-        with engine.begin() as connection:
-            connection.execute(delete(_ATTEMPTS).where(_A.scope == self.scope, _A.at_ms <= cutoff_ms))
