@@ -11,6 +11,7 @@ not gate); it is 1 when a benchmark crashed and 2 for a usage error.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib
 import importlib.metadata
 import json
@@ -239,10 +240,31 @@ def environment() -> dict[str, Any]:
     }
 
 
+def reference_workload_ms(rounds: int = 3) -> float:
+    """CPU milliseconds of a fixed pure-Python workload (JSON, hashing, dicts), best of ``rounds``.
+
+    The same code's figures on a shared virtual machine drift with the machine's speed (up to 2x
+    within an hour here); measured before and after a benchmark, this says how fast the machine
+    was meanwhile, so that runs of different days can be compared.
+    """
+    document = {"items": [{"id": f"urn:uuid:{i:032d}", "n": i, "tags": ["a", "b", "c"]} for i in range(200)]}
+    best = math.inf
+    for _ in range(rounds):
+        began = time.thread_time()
+        for _ in range(40):
+            text = json.dumps(document, sort_keys=True)
+            decoded = json.loads(text)
+            index = {item["id"]: item for item in decoded["items"]}
+            hashlib.sha256("".join(sorted(index)).encode()).hexdigest()
+        best = min(best, (time.thread_time() - began) * 1000)
+    return best
+
+
 def run_one(name: str, module_name: str, quick: bool, out: Path) -> bool:
     """Run one benchmark, print and write its results; False when it crashed."""
     print(f"-- running {name} ({'quick' if quick else 'full'}) ...", flush=True)
     started = datetime.now(UTC)
+    speed_before = reference_workload_ms()
     clock = time.perf_counter()
     try:
         result = load_runner(importlib.import_module(module_name))(quick)
@@ -253,13 +275,21 @@ def run_one(name: str, module_name: str, quick: bool, out: Path) -> bool:
         traceback.print_exc()
         return False
     seconds = time.perf_counter() - clock
+    speed_after = reference_workload_ms()
+    result.notes.append(
+        f"machine speed: a fixed Python workload (bench.run.reference_workload_ms) took {speed_before:.1f} ms "
+        f"CPU before this benchmark and {speed_after:.1f} ms after; the same code's figures scale with it"
+    )
     print(render_report(result, seconds), flush=True)
     document = {
         **result.to_json(),
         "quick": quick,
         "started_at": started.isoformat(timespec="seconds"),
         "duration_seconds": round(seconds, 3),
-        "environment": environment(),
+        "environment": {
+            **environment(),
+            "reference_workload_ms": [round(speed_before, 2), round(speed_after, 2)],
+        },
     }
     out.mkdir(parents=True, exist_ok=True)
     json_path, png_path = out / f"{name}.json", out / f"{name}.png"

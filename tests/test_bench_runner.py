@@ -44,5 +44,11 @@ def test_quick_peer_auth_run_writes_figures_baseline_and_plot(tmp_path: Path) ->
     assert isinstance(target["met"], bool)
     assert target["met"] == (target["measured"] <= target["limit"])
 
+    # How fast the machine was, before and after: figures of different runs can be compared by it.
+    before, after = document["environment"]["reference_workload_ms"]
+    assert 0 < before < 10_000
+    assert 0 < after < 10_000
+    assert any(note.startswith("machine speed: a fixed Python workload") for note in document["notes"])
+
     png = tmp_path / "peer_auth.png"
     assert png.read_bytes()[:8] == PNG_MAGIC
