@@ -38,8 +38,7 @@ from contracts.agreements import (
 from contracts.models import NegotiationRow
 from contracts.negotiation import RULES, TERMINAL, Message, Role, State, TransitionError, transition
 from contracts.offers import parse_offer_id, policy_fingerprint
-from contracts.signing import SignatureError, sign_agreement, verify_agreement_signature
-from identity.did import KEY_FRAGMENT
+from contracts.signing import SignatureError, agreement_key_id, sign_agreement, verify_agreement_signature
 from identity.peer_auth import Peer
 from identity.trustlist import get_member
 from policies.decision import Decision, RequestContext
@@ -592,6 +591,11 @@ def _build_agreement(core: ServiceCore, row: NegotiationRow) -> dict[str, Any]:
     return agreement
 
 
+def _signed_by_us(core: ServiceCore, agreement: dict[str, Any]) -> str:
+    """Our signature over ``agreement`` (the provider's, or the consumer's counter-signature)."""
+    return sign_agreement(agreement, core.key, agreement_key_id(core.settings.did))
+
+
 def _provider_agree_or_refuse(
     session: Session,
     core: ServiceCore,
@@ -624,7 +628,7 @@ def _provider_agree_or_refuse(
         )
         return
     agreement = _build_agreement(core, row)
-    signature = sign_agreement(agreement, core.key, f"{core.settings.did}#{KEY_FRAGMENT}")
+    signature = _signed_by_us(core, agreement)
     body = wire.agreement_message(row.provider_pid or "", row.consumer_pid or "", agreement, signature)
     _enqueue(
         row,
@@ -824,7 +828,7 @@ def _consumer_receive_agreement(
     # Our counter-signature commits us to the terms: it is made only when we verify, now (an
     # automatic consumer given the terms it asked for) or when an operator does (``verify``).
     verifies_now = row.approval == "automatic" and _same_terms(agreement, json.loads(row.offer))
-    own_signature = _consumer_signature(core, agreement) if verifies_now else None
+    own_signature = _signed_by_us(core, agreement) if verifies_now else None
     # In this transaction: AGREED, the agreement and our verification queued are saved together (a
     # stop between two commits would leave AGREED with nothing queued, and the provider's retry
     # would be answered as a repeat: stuck on both sides).
@@ -851,10 +855,6 @@ def _consumer_receive_agreement(
     elif row.approval == "automatic":
         # Never counter-sign by ourselves terms we did not ask for (or accept): an operator looks.
         row.error_detail = f"the agreement's terms are not those of the offer; {WAITING_FOR_OPERATOR}"
-
-
-def _consumer_signature(core: ServiceCore, agreement: dict[str, Any]) -> str:
-    return sign_agreement(agreement, core.key, f"{core.settings.did}#{KEY_FRAGMENT}")
 
 
 def _verification(row: NegotiationRow, signature: str | None) -> Pending:
@@ -933,7 +933,7 @@ def operator_action(
         record = agreement_for_negotiation(session, row.id)
         if record is None:
             raise NegotiationError(409, "there is no agreement to verify", row)
-        signature = record.consumer_signature or _consumer_signature(core, record.agreement)
+        signature = record.consumer_signature or _signed_by_us(core, record.agreement)
         _enqueue(row, _verification(row, signature))
         try:  # the operator's counter-signature, saved with the verification it travels in
             set_consumer_signature(session, record.id, signature, commit=False)
