@@ -9,7 +9,6 @@ are stored, and a row goes once it has left the window.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -20,15 +19,9 @@ from connector.app import create_app
 from runtime.ratelimit import SharedAttemptLimiter, SignInAttempt
 from runtime.service import ServiceCore
 from tests.conftest import Participant
+from tests.consent_pages_helpers import csrf_of
 
 ATTEMPTS = SignInAttempt.metadata.tables["sign_in_attempt"]
-
-
-def _login_form(client: TestClient) -> str:
-    page = client.get("/ui/login")
-    match = re.search(r'name="csrf_token" value="([^"]+)"', page.text)
-    assert match is not None, page.text
-    return match.group(1)
 
 
 def test_two_replicas_share_one_sign_in_limit(
@@ -38,7 +31,7 @@ def test_two_replicas_share_one_sign_in_limit(
     replica = ServiceCore.create(city.settings)  # a second process's engine on the same database
     try:
         with TestClient(create_app(city.core)) as first, TestClient(create_app(replica)) as second:
-            csrf = _login_form(first)
+            csrf = csrf_of(first.get("/ui/login").text)
             second.cookies.update(first.cookies)  # one browser, its requests spread over both replicas
             statuses = [
                 (first if n % 2 else second).post(
