@@ -75,6 +75,25 @@ class ServiceCore:
 
 
 BackgroundJob = Callable[[], Coroutine[Any, Any, None]]
+RECANCEL_SECONDS = 0.5
+
+
+async def stop_tasks(tasks: Sequence[asyncio.Task[None]]) -> None:
+    """Cancel ``tasks`` and wait until every one has ended, cancelling again those still running.
+
+    One cancellation can be lost: a library that catches it at the wrong moment (a timeout of its
+    own expiring as the cancellation arrives) lets a polling loop go on, and the process would
+    never finish shutting down. So each task still running is cancelled again every
+    ``RECANCEL_SECONDS``.
+    """
+    pending = {task for task in tasks if not task.done()}
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=RECANCEL_SECONDS)
+    for task in tasks:  # retrieve what each ended with, so that none is reported as never retrieved
+        if not task.cancelled():
+            task.exception()
 
 
 def base_app(
@@ -95,9 +114,7 @@ def base_app(
         try:
             yield
         finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await stop_tasks(tasks)
             await core.peer_client.aclose()
 
     app = FastAPI(title=title, version="2025-1", lifespan=lifespan)
