@@ -219,20 +219,27 @@ def negotiations_router() -> APIRouter:
                 404, "ObjectNotFound", f"there is no action {action!r} (one of {', '.join(ACTIONS)})"
             )
         raw = await read_json(request, optional=True)
-        body: dict[str, Any] | None = None
-        row = await run_in_threadpool(_found, session, negotiation_id)
-        if action in ("offer", "request"):
-            node = expand_management_input(raw) if raw else None
-            policy_node = first_node(node, EDC_NS + "policy") if node and EDC_NS + "policy" in node else node
-            body = _offer_from_expanded(
-                policy_node, assigner=row.counter_party_did if row.role == "consumer" else None
-            )
-        elif action == "terminate" and raw:
-            reason = first_value(expand_management_input(raw), EDC_NS + "reason")
-            body = {"reason": reason} if isinstance(reason, str) else None
         core = service_core(request)
+
+        def found_and_acted() -> NegotiationRow:  # one hand-off to a worker thread for both
+            row = _found(session, negotiation_id)
+            body: dict[str, Any] | None = None
+            if action in ("offer", "request"):
+                node = expand_management_input(raw) if raw else None
+                policy_node = (
+                    first_node(node, EDC_NS + "policy") if node and EDC_NS + "policy" in node else node
+                )
+                body = _offer_from_expanded(
+                    policy_node, assigner=row.counter_party_did if row.role == "consumer" else None
+                )
+            elif action == "terminate" and raw:
+                reason = first_value(expand_management_input(raw), EDC_NS + "reason")
+                body = {"reason": reason} if isinstance(reason, str) else None
+            operator_action(session, core, row, action, body)
+            return row
+
         try:
-            await run_in_threadpool(operator_action, session, core, row, action, body)
+            row = await run_in_threadpool(found_and_acted)
         except NegotiationError as exc:
             session.rollback()
             raise _refused(exc) from None

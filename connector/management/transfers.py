@@ -272,12 +272,15 @@ def transfers_router() -> APIRouter:
             )
         raw = await read_json(request, optional=True)
         reason = first_value(expand_management_input(raw), EDC_NS + "reason") if raw else None
-        row = await run_in_threadpool(_found, session, transfer_id)
         core = service_core(request)
+
+        def found_and_acted() -> TransferRow:  # one hand-off to a worker thread for both
+            row = _found(session, transfer_id)
+            operator_action(session, core, row, action, reason if isinstance(reason, str) else None)
+            return row
+
         try:
-            await run_in_threadpool(
-                operator_action, session, core, row, action, reason if isinstance(reason, str) else None
-            )
+            row = await run_in_threadpool(found_and_acted)
         except TransferError as exc:
             session.rollback()
             raise _refused(exc) from None
