@@ -19,6 +19,7 @@ import hashlib
 import time
 from collections.abc import Callable
 
+from fastapi import Request
 from sqlalchemy import BigInteger, Column, Engine, delete, func, insert, select, text
 from sqlmodel import Field, SQLModel
 
@@ -34,6 +35,11 @@ class SignInAttempt(SQLModel, table=True):
 
 _ATTEMPTS = SignInAttempt.metadata.tables["sign_in_attempt"]
 _A = _ATTEMPTS.c
+
+
+def client_address(request: Request) -> str:
+    """The key of a per-address limit: the connecting client's address."""
+    return request.client.host if request.client else "unknown"
 
 
 class SharedAttemptLimiter:

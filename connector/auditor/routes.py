@@ -63,7 +63,7 @@ from contracts.evidence import EvidenceError
 from contracts.models import NegotiationRow
 from runtime.dependencies import db_session, service_core
 from runtime.forms import read_form
-from runtime.ratelimit import SharedAttemptLimiter
+from runtime.ratelimit import SharedAttemptLimiter, client_address
 
 SIGN_IN_ATTEMPTS = 10
 SIGN_IN_WINDOW_SECONDS = 60.0
@@ -182,8 +182,7 @@ def audit_router() -> APIRouter:
 
     @router.post("/login")
     async def login(request: Request) -> Response:
-        address = request.client.host if request.client else "unknown"
-        wait = await run_in_threadpool(limiter.attempt, service_core(request).engine, address)
+        wait = await run_in_threadpool(limiter.attempt, service_core(request).engine, client_address(request))
         form = await read_form(request)
         next_path = safe_audit_next(str(form.get("next", AUDIT_PATH)))
         name = str(form.get("name", ""))[:64]

@@ -47,7 +47,7 @@ from connector.pages.transfer_log_view import transfer_log_page_router
 from connector.pages.transfer_routes import transfer_pages_router
 from runtime.dependencies import db_session, service_core
 from runtime.forms import read_form
-from runtime.ratelimit import SharedAttemptLimiter
+from runtime.ratelimit import SharedAttemptLimiter, client_address
 
 SIGN_IN_ATTEMPTS = 10
 SIGN_IN_WINDOW_SECONDS = 60.0
@@ -84,10 +84,6 @@ def _page_number(request: Request) -> int:
     return min(max(int(text), 1), MAX_PAGE) if text.isdigit() and len(text) < 7 else 1
 
 
-def _client_address(request: Request) -> str:
-    return request.client.host if request.client else "unknown"
-
-
 def pages_router() -> APIRouter:
     router = APIRouter(prefix=UI_PATH, include_in_schema=False)
     limiter = SharedAttemptLimiter("operator-pages", SIGN_IN_ATTEMPTS, SIGN_IN_WINDOW_SECONDS)
@@ -111,7 +107,7 @@ def pages_router() -> APIRouter:
     @router.post("/login")
     async def login(request: Request) -> Response:
         engine = service_core(request).engine
-        wait = await run_in_threadpool(limiter.attempt, engine, _client_address(request))
+        wait = await run_in_threadpool(limiter.attempt, engine, client_address(request))
         form = await read_form(request)
         next_path = safe_next(str(form.get("next", UI_PATH)))
         if wait is not None:

@@ -113,7 +113,3 @@ def sign_in_csrf_matches(request: Request, form: FormData) -> bool:
     cookie = request.cookies.get(SIGN_IN_CSRF_COOKIE, "")
     supplied = form_text(form, CSRF_FIELD)
     return bool(cookie) and bool(supplied) and same_secret(supplied, cookie)
-
-
-def client_address(request: Request) -> str:
-    return request.client.host if request.client else "unknown"

@@ -35,7 +35,6 @@ from consent.pages.auth import (
     SIGN_IN_CSRF_LIFETIME_SECONDS,
     SIGN_IN_PATH,
     clear_cookie,
-    client_address,
     csrf_matches,
     current_citizen,
     safe_next,
@@ -48,7 +47,7 @@ from consent.settings import ConsentSettings
 from runtime.dependencies import db_session, service_core
 from runtime.forms import form_text, read_form
 from runtime.logging import get_logger
-from runtime.ratelimit import SharedAttemptLimiter
+from runtime.ratelimit import SharedAttemptLimiter, client_address
 
 SIGN_IN_ATTEMPTS_PER_ADDRESS = 10
 SIGN_IN_ATTEMPTS_PER_NAME = 10
