@@ -38,23 +38,32 @@ class ReplayGuard:
     def __init__(self) -> None:
         self._since_purge = 0
 
-    def record(self, connection: Connection, issuer: str, jti: str, expires_at: int) -> bool:
-        """True when (issuer, jti) is new and now recorded (committed); False for a replay."""
+    def record(
+        self, connection: Connection, issuer: str, jti: str, expires_at: int, *, commit: bool = True
+    ) -> bool:
+        """True when (issuer, jti) is new and now recorded; False for a replay.
+
+        With ``commit`` (the default) the record is committed at once and a replay rolled back;
+        without, the insert joins the connection's transaction, whose owner commits or rolls back.
+        """
         try:
             connection.execute(_INSERT_SEEN, {"issuer": issuer, "jti": jti, "expires_at": expires_at})
-            connection.commit()
+            if commit:
+                connection.commit()
         except IntegrityError:
-            connection.rollback()
+            if commit:
+                connection.rollback()
             return False
         self._since_purge += 1
         if self._since_purge >= PURGE_EVERY:
             self._since_purge = 0
-            self.purge_expired(connection)
+            self.purge_expired(connection, commit=commit)
         return True
 
     @staticmethod
-    def purge_expired(connection: Connection, now: float | None = None) -> int:
-        """Forget token ids whose tokens have expired; returns how many."""
+    def purge_expired(connection: Connection, now: float | None = None, *, commit: bool = True) -> int:
+        """Forget token ids whose tokens have expired; returns how many (``commit``: at once)."""
         result = connection.execute(_PURGE_SEEN, {"cutoff": int(time.time() if now is None else now)})
-        connection.commit()
+        if commit:
+            connection.commit()
         return int(result.rowcount or 0)

@@ -575,6 +575,44 @@ def test_bad_messages_are_refused_with_negotiation_errors(make_connector: MakeCo
         assert _snapshot(side.city) == before
 
 
+def test_a_refused_message_uses_up_its_token_and_a_bad_token_comes_first(
+    make_connector: MakeConnector,
+) -> None:
+    """The token is recorded with what the message changes, in one commit; a refused message changes
+    nothing but still uses its token up, and no token (or a replayed one) is a 401 whatever was sent."""
+    with provider_side(make_connector, approval="manual") as side:
+        consumer_pid = _pid()
+        provider_pid = state_object(side.request(consumerPid=consumer_pid), 201)["providerPid"]
+        before = _snapshot(side.city)
+        url = f"{DSP_NEGOTIATIONS}/{provider_pid}"
+        verification = dsp(
+            "ContractAgreementVerificationMessage", providerPid=provider_pid, consumerPid=consumer_pid
+        )
+        termination = _termination(provider_pid, consumer_pid)
+
+        # Not allowed now (409), then not valid (400): each token is spent all the same.
+        for path, body, status in (
+            ("/agreement/verification", verification, 409),
+            ("/termination", {**termination, "reason": []}, 400),
+        ):
+            headers = bearer(side.transit, side.city)
+            negotiation_error(side.client.post(f"{url}{path}", json=body, headers=headers), status)
+            replayed = side.client.post(f"{url}/termination", json=termination, headers=headers)
+            assert negotiation_error(replayed, 401)["reason"] == ["the token has been used before"]
+            assert _snapshot(side.city) == before, path
+
+        # No token: 401 before the body is judged, however large or broken it is.
+        for content in (b"{" + b'"x": "' + b"a" * (256 * 1024) + b'"}', b"{not json"):
+            negotiation_error(side.client.post(f"{url}/termination", content=content), 401)
+        negotiation_error(side.client.post(f"{DSP_NEGOTIATIONS}/request", content=b"{not json"), 401)
+        assert _snapshot(side.city) == before
+
+        # A fresh token with an allowed message: applied.
+        ok = side.client.post(f"{url}/termination", json=termination, headers=bearer(side.transit, side.city))
+        assert ok.status_code == 200, ok.text
+        assert _snapshot(side.city) != before
+
+
 # ---------------------------------------------------------------- the consumer's side
 
 

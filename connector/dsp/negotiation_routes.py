@@ -17,6 +17,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
+from sqlalchemy import event
 from sqlmodel import Session
 from starlette.background import BackgroundTask
 
@@ -39,7 +40,8 @@ from connector.negotiations import (
 )
 from contracts.models import NegotiationRow
 from contracts.negotiation import Message, Role, State, transition
-from identity.peer_auth import Peer, authenticated_peer
+from identity.errors import TokenRejected
+from identity.peer_auth import Peer, PeerAuthenticator, PeerAuthError, Verified, authenticated_peer
 from runtime.dependencies import db_session, service_core
 from runtime.requests import BodyError, read_json
 from runtime.settings import DSP_PATH
@@ -61,11 +63,18 @@ def _error(
     )
 
 
-async def _message(request: Request, kinds: tuple[Message, ...]) -> tuple[Message, dict[str, Any]]:
+async def _body(request: Request) -> Any:
+    """The parsed body, or the ``BodyError`` reading it raised: answered only once the peer is known
+    (an unauthenticated request gets its 401 whatever it sent)."""
     try:
-        body = await read_json(request, max_bytes=MAX_MESSAGE_BYTES)
+        return await read_json(request, max_bytes=MAX_MESSAGE_BYTES)
     except BodyError as exc:
-        raise _error(exc.status, exc.message) from None
+        return exc
+
+
+def _validated(body: Any, kinds: tuple[Message, ...]) -> tuple[Message, dict[str, Any]]:
+    if isinstance(body, BodyError):
+        raise _error(body.status, body.message)
     pids = body if isinstance(body, dict) else {}
     problems: list[str] = []
     for kind in kinds:
@@ -78,6 +87,70 @@ async def _message(request: Request, kinds: tuple[Message, ...]) -> tuple[Messag
             return kind, message
         problems = [f"eventType {message.get('eventType')!r} is not expected here"]
     raise _error(400, "; ".join(problems[:5]), pids.get("providerPid"), pids.get("consumerPid"))
+
+
+async def _message(request: Request, kinds: tuple[Message, ...]) -> tuple[Message, dict[str, Any]]:
+    return _validated(await _body(request), kinds)
+
+
+class _PeerInTransaction:
+    """Peer authentication whose token record joins the transaction that applies the message.
+
+    The DSP negotiation messages that drive a negotiation authenticate, apply and record the token
+    in one worker-thread hand-off and one commit (the dependency ``authenticated_peer`` takes a
+    hand-off and a commit of its own). Same checks, same order of answers: a bad token is a 401
+    before anything else; a replayed one is a 401 even when the message would be refused; a
+    refused message still uses up its token, recorded on its own after the rollback.
+    """
+
+    def __init__(self, request: Request, session: Session) -> None:
+        self._authenticator: PeerAuthenticator = request.app.state.peer_authenticator
+        self._session = session
+        try:
+            self._verified: Verified = self._authenticator.check(
+                session.connection(), request.headers.get("authorization")
+            )
+        except TokenRejected as exc:
+            raise PeerAuthError(exc.reason, str(exc)) from None
+        self._at_commit = False
+        request.state.peer = self.peer  # the request log names the peer
+
+    @property
+    def peer(self) -> Peer:
+        return self._verified.peer
+
+    def record_at_commit(self) -> None:
+        """Record the token in the commit that applies the message, first thing in it. Not earlier:
+        on SQLite a write takes the writer's lock until the commit, which nothing may hold while
+        ``settle`` waits, nor longer than the commit's own writes need."""
+        self._at_commit = True
+        event.listen(self._session, "before_commit", self._before_commit)
+
+    def _before_commit(self, _session: Session) -> None:
+        if self._at_commit:
+            self._at_commit = False
+            self._record()
+
+    def _record(self) -> None:
+        try:
+            self._authenticator.record(self._session.connection(), self._verified)
+        except TokenRejected as exc:
+            raise PeerAuthError(exc.reason, str(exc)) from None
+
+    def finished(self) -> None:
+        """The message is applied: if nothing was committed (an initial request sent again, answered
+        as the first time), record the token now."""
+        if self._at_commit:
+            self._at_commit = False
+            self._record()
+            self._session.commit()
+
+    def refused(self) -> None:
+        """The message is refused: roll back what it did, keep the token used up."""
+        self._at_commit = False
+        self._session.rollback()
+        self._record()
+        self._session.commit()
 
 
 def _kick(request: Request, row: NegotiationRow) -> BackgroundTask | None:
@@ -104,66 +177,81 @@ def negotiation_router() -> APIRouter:
     router = APIRouter(prefix=f"{DSP_PATH}/negotiations", tags=["dsp negotiation"])
 
     def handle(kinds: tuple[Message, ...]) -> Callable[..., Any]:
-        async def endpoint(
-            pid: str,
-            request: Request,
-            peer: Peer = Depends(authenticated_peer),
-            session: Session = Depends(db_session),
-        ) -> Response:
-            kind, message = await _message(request, kinds)
+        async def endpoint(pid: str, request: Request) -> Response:
+            body = await _body(request)
             core = service_core(request)
 
             def apply() -> NegotiationRow:
-                session.expire_on_commit = False  # the answer reads only what this request wrote
-                row = find_by_pid(session, pid, peer.did)
-                row = take_implied_delivery(session, settle(session, row, kind), kind, message)
-                if (
-                    row.role == Role.CONSUMER.value
-                    and row.provider_pid is None
-                    and row.state != INITIAL
-                    and message.get("consumerPid") == row.consumer_pid
-                ):
-                    # The provider acknowledged our request without a body (200/204): its
-                    # first message tells us its pid.
-                    row.provider_pid = message.get("providerPid")
-                if (message.get("providerPid"), message.get("consumerPid")) != (
-                    row.provider_pid,
-                    row.consumer_pid,
-                ):
-                    raise NegotiationError(
-                        400, "the message's providerPid and consumerPid do not match this negotiation", row
-                    )
-                receive(session, core, row, kind, message)
-                return row
+                # expire_on_commit=False: the answer reads only what this request wrote.
+                with Session(core.engine, expire_on_commit=False) as session:
+                    auth = _PeerInTransaction(request, session)
+                    message: dict[str, Any] = body if isinstance(body, dict) else {}
+                    try:
+                        kind, message = _validated(body, kinds)
+                        row = settle(session, find_by_pid(session, pid, auth.peer.did), kind)
+                        auth.record_at_commit()
+                        row = take_implied_delivery(session, row, kind, message)
+                        if (
+                            row.role == Role.CONSUMER.value
+                            and row.provider_pid is None
+                            and row.state != INITIAL
+                            and message.get("consumerPid") == row.consumer_pid
+                        ):
+                            # The provider acknowledged our request without a body (200/204): its
+                            # first message tells us its pid.
+                            row.provider_pid = message.get("providerPid")
+                        if (message.get("providerPid"), message.get("consumerPid")) != (
+                            row.provider_pid,
+                            row.consumer_pid,
+                        ):
+                            raise NegotiationError(
+                                400,
+                                "the message's providerPid and consumerPid do not match this negotiation",
+                                row,
+                            )
+                        receive(session, core, row, kind, message)
+                        auth.finished()
+                        return row
+                    except NegotiationError as exc:
+                        auth.refused()
+                        raise _error(
+                            exc.status, exc.reason, message.get("providerPid"), message.get("consumerPid")
+                        ) from None
+                    except DspError:
+                        auth.refused()
+                        raise
 
-            try:
-                row = await run_in_threadpool(apply)
-            except NegotiationError as exc:
-                session.rollback()
-                raise _error(
-                    exc.status, exc.reason, message.get("providerPid"), message.get("consumerPid")
-                ) from None
+            row = await run_in_threadpool(apply)
             return Response(status_code=200, background=_kick(request, row))
 
         return endpoint
 
     @router.post("/request", status_code=201)
-    async def initial_request(
-        request: Request, peer: Peer = Depends(authenticated_peer), session: Session = Depends(db_session)
-    ) -> JSONResponse:
-        _, message = await _message(request, (Message.REQUEST,))
-        if "providerPid" in message:
-            raise _error(400, "an initial request has no providerPid; send it to /negotiations/{providerPid}/request",
-                         message.get("providerPid"), message.get("consumerPid"))  # fmt: skip
+    async def initial_request(request: Request) -> JSONResponse:
+        body = await _body(request)
         core = service_core(request)
-        session.expire_on_commit = False  # the answer reads only what this request wrote
-        try:
-            row, created = await run_in_threadpool(
-                provider_receive_initial_request, session, core, peer, message
-            )
-        except NegotiationError as exc:
-            session.rollback()
-            raise _error(exc.status, exc.reason, None, message.get("consumerPid")) from None
+
+        def apply() -> tuple[NegotiationRow, bool]:
+            with Session(core.engine, expire_on_commit=False) as session:  # the answer reads what was written
+                auth = _PeerInTransaction(request, session)
+                message: dict[str, Any] = body if isinstance(body, dict) else {}
+                try:
+                    _, message = _validated(body, (Message.REQUEST,))
+                    if "providerPid" in message:
+                        raise _error(400, "an initial request has no providerPid; send it to /negotiations/{providerPid}/request",
+                                     message.get("providerPid"), message.get("consumerPid"))  # fmt: skip
+                    auth.record_at_commit()
+                    answer = provider_receive_initial_request(session, core, auth.peer, message)
+                    auth.finished()
+                    return answer
+                except NegotiationError as exc:
+                    auth.refused()
+                    raise _error(exc.status, exc.reason, None, message.get("consumerPid")) from None
+                except DspError:
+                    auth.refused()
+                    raise
+
+        row, created = await run_in_threadpool(apply)
         # A repeat is answered as the first time, without a second delivery or finalized hook.
         background = _kick(request, row) if created else None
         return JSONResponse(_state_object(row), status_code=201, background=background)
