@@ -81,7 +81,7 @@ def create_app(core: ServiceCore) -> FastAPI:
     app.state.log_witness = log_witness
     app.state.edr_worker = edr_worker
     # Hook for the DSP negotiation routes: an EDR negotiation's transfer starts the moment it is FINALIZED.
-    app.state.on_negotiation_finalized = edr_worker.kick
+    app.state.on_negotiation_finalized = edr_worker
     install_management_error_handlers(app)
     install_log_error_handler(app)
     install_dsp_error_handlers(app)

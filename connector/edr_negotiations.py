@@ -90,6 +90,12 @@ def negotiations_to_advance(session: Session) -> list[str]:
     return list(session.scalars(statement))
 
 
+def awaits_transfer(session: Session, negotiation_id: str) -> bool:
+    """Is this an EDR negotiation whose transfer has not been asked for yet?"""
+    state = session.execute(select(_E.c.state).where(_E.c.negotiation_id == negotiation_id)).scalar()
+    return bool(state == NEGOTIATING)
+
+
 def _fail(session: Session, negotiation_id: str, reason: str) -> None:
     session.execute(
         update(_E)

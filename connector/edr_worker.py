@@ -1,8 +1,9 @@
 """Starting the pull transfer of each EDR negotiation once it is FINALIZED.
 
 The DSP route that records a FINALIZED event kicks this worker (through
-``app.state.on_negotiation_finalized``) so the transfer request leaves at
-once; a poll every half second catches the rest (a kick lost in a restart, a
+``app.state.on_negotiation_finalized``) when ``wants`` says the negotiation is
+an EDR negotiation (asked in the route's own transaction), so the transfer
+request leaves at once; a poll every half second catches the rest (a kick lost in a restart, a
 negotiation that ended TERMINATED, another replica's negotiations). The
 state lives in ``edr_negotiation`` rows, so a restart loses nothing.
 """
@@ -14,7 +15,7 @@ import asyncio
 from fastapi.concurrency import run_in_threadpool
 from sqlmodel import Session
 
-from connector.edr_negotiations import advance, negotiations_to_advance
+from connector.edr_negotiations import advance, awaits_transfer, negotiations_to_advance
 from connector.transfer_worker import TransferWorker
 from runtime.logging import get_logger
 from runtime.polling import PollFailures, poll_forever
@@ -31,6 +32,12 @@ class EdrWorker:
         self._transfers = transfers
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
+
+    @staticmethod
+    def wants(session: Session, negotiation_id: str) -> bool:
+        """Should a negotiation that has just become FINALIZED be kicked here? (In the caller's
+        session: no hand-off of its own, and none at all for the negotiations that are not EDR ones.)"""
+        return awaits_transfer(session, negotiation_id)
 
     async def kick(self, negotiation_id: str) -> None:
         """A negotiation just finished: start its EDR transfer now, if it is an EDR negotiation."""

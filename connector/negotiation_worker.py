@@ -3,7 +3,10 @@
 Each negotiation has at most one pending message. A worker takes a lease on
 the row (one UPDATE that succeeds only when no other replica holds an
 unexpired lease), sends the message with a peer token, and on success lets
-the state machine move. A failure is retried with exponential backoff; after
+the state machine move. A request handler that queues a message and kicks its
+delivery takes the lease in its own commit (``claim_on_commit``), so the
+delivery starts without a statement and a thread hand-off of its own; in one
+process a negotiation is delivered by one task at a time (``_delivering``). A failure is retried with exponential backoff; after
 ``MAX_ATTEMPTS`` the negotiation is TERMINATED with the real reason. A
 refusal (4xx) from the counter-party is final at once, except a 409 whose
 counter-party state shows an earlier try arrived (its answer lost). Nothing
@@ -13,17 +16,25 @@ lives only in memory: a restarted connector picks up where it stopped.
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from typing import Any
 
 import httpx
 from fastapi.concurrency import run_in_threadpool
-from sqlalchemy import or_, select, update
+from sqlalchemy import event, or_, select, update
 from sqlmodel import Session
 
 from catalog.assets import now_millis
 from catalog.queryspec import table_of
-from connector.negotiations import Pending, applied_by_counter_party, delivered, state_url, undeliverable
+from connector.negotiations import (
+    KICK_GRACE_MS,
+    Pending,
+    applied_by_counter_party,
+    delivered,
+    state_url,
+    undeliverable,
+)
 from contracts.models import NegotiationRow
 from runtime import outbox
 from runtime.logging import get_logger
@@ -52,8 +63,47 @@ class NegotiationWorker:
         self.owner = owner or uuid.uuid4().hex[:16]
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
+        # Leases request handlers took for us, by negotiation: (time.monotonic() then, the message,
+        # the counter-party's DID) until a delivery starts; and the negotiations a task of ours is
+        # delivering now. Read and changed on the event loop, but for the claims' registration
+        # (one dict assignment, from a handler's thread, as its commit ends).
+        self._claimed: dict[str, tuple[float, str, str]] = {}
+        self._delivering: set[str] = set()
 
     # ---- leases
+
+    def claim_on_commit(self, session: Session) -> None:
+        """Take the lease, in ``session``'s next commit, of every negotiation it queues a message for.
+
+        For a handler that kicks the delivery once it has answered: the kick then sends at once,
+        with no statement and no thread hand-off of its own. A claim whose kick never comes (the
+        client went away before its answer) is taken over by the poll once the message is due
+        (``KICK_GRACE_MS``); another replica waits for the lease to expire, as for any delivery
+        in flight. A claim counts only once its commit has succeeded.
+        """
+        taken: list[tuple[str, str, str]] = []
+
+        def claim(current: Session) -> None:
+            now = now_millis()
+            # Every negotiation the session holds, flushed already or not (the kick looks at the same).
+            for row in (*current.new, *current.identity_map.values()):
+                if (
+                    isinstance(row, NegotiationRow)
+                    and row.pending_message is not None
+                    and row.lease_until is None
+                ):
+                    row.lease_owner = self.owner
+                    row.lease_until = now + LEASE_MS
+                    taken.append((row.id, row.pending_message, row.counter_party_did))
+
+        def committed(_: Session) -> None:
+            for negotiation_id, message, audience in taken:
+                self._claimed[negotiation_id] = (time.monotonic(), message, audience)
+            taken.clear()
+
+        event.listen(session, "before_commit", claim)
+        event.listen(session, "after_commit", committed)
+        event.listen(session, "after_rollback", lambda _: taken.clear())
 
     def _lease(self, negotiation_id: str) -> tuple[str, str] | None:
         """Take the lease and read what to send, in one statement: (the pending message's JSON, the
@@ -64,9 +114,10 @@ class NegotiationWorker:
             .where(
                 _N.id == negotiation_id,
                 _N.pending_message.is_not(None),
-                # Not even this worker may take a lease it holds: its poll loop and a kick (or two
-                # kicks) would otherwise send the same message at once.
-                or_(_N.lease_until.is_(None), _N.lease_until < now),
+                # A lease of ours is free to us: this process delivers a negotiation with one task
+                # at a time (``_delivering``), and a lease ours in the database but in no task's
+                # hands is a claim whose kick never came.
+                or_(_N.lease_until.is_(None), _N.lease_until < now, _N.lease_owner == self.owner),
             )
             .values(lease_owner=self.owner, lease_until=now + LEASE_MS)
             .returning(_N.pending_message, _N.counter_party_did)
@@ -97,7 +148,7 @@ class NegotiationWorker:
             .where(
                 _N.pending_message.is_not(None),
                 _N.next_attempt_at <= now,
-                or_(_N.lease_until.is_(None), _N.lease_until < now),
+                or_(_N.lease_until.is_(None), _N.lease_until < now, _N.lease_owner == self.owner),
             )
             .order_by(_N.next_attempt_at)
             .limit(BATCH)
@@ -109,15 +160,39 @@ class NegotiationWorker:
 
     async def kick(self, negotiation_id: str) -> None:
         """Deliver this negotiation's message now (run after the HTTP answer has been sent)."""
-        task = asyncio.create_task(self.deliver(negotiation_id))
+        task = asyncio.create_task(self.deliver(negotiation_id, kicked=True))
         self._tasks.add(task)  # keep a reference until it is done (the loop holds only weak ones)
         task.add_done_callback(self._tasks.discard)
 
-    async def deliver(self, negotiation_id: str) -> None:
+    def _taken(self, negotiation_id: str, *, kicked: bool) -> tuple[bool, tuple[str, str] | None]:
+        """(may this task deliver the negotiation now, the message and audience a handler's claim
+        holds the lease for). On the event loop: nothing else runs between the check and the mark."""
+        if negotiation_id in self._delivering:
+            return False, None  # a task of ours is on it
+        claim = self._claimed.get(negotiation_id)
+        if claim is not None and not kicked and time.monotonic() - claim[0] < KICK_GRACE_MS / 1000:
+            return False, None  # its kick is on its way
+        self._claimed.pop(negotiation_id, None)
+        self._delivering.add(negotiation_id)
+        # Only a kick sends what its handler claimed; the poll reads the row (and takes the lease) anew.
+        return True, (claim[1], claim[2]) if claim is not None and kicked else None
+
+    async def deliver(self, negotiation_id: str, *, kicked: bool = False) -> None:
+        """Deliver the negotiation's pending message (``kicked``: right after the handler that queued
+        it answered)."""
+        now, claimed = self._taken(negotiation_id, kicked=kicked)
+        if not now:
+            return
+        try:
+            await self._deliver(negotiation_id, claimed)
+        finally:
+            self._delivering.discard(negotiation_id)
+
+    async def _deliver(self, negotiation_id: str, claimed: tuple[str, str] | None) -> None:
         # Each database step runs whole in one thread: no connection (nor row lock) is held while
         # the message travels or while waiting for a thread, so a burst of slow deliveries cannot
         # exhaust the pool and stall the connector.
-        loaded = await run_in_threadpool(self._lease, negotiation_id)
+        loaded = claimed or await run_in_threadpool(self._lease, negotiation_id)
         if loaded is None:
             return  # nothing to send, or another replica (or task) is on it
         recorded = False
@@ -237,10 +312,17 @@ class NegotiationWorker:
 
     # ---- the loop
 
+    def _forget_stale_claims(self) -> None:
+        """Claims whose message went without them (a termination cleared it before the kick, say)."""
+        stale = time.monotonic() - LEASE_MS / 1000
+        for negotiation_id in [k for k, (at, _, _) in self._claimed.items() if at < stale]:
+            self._claimed.pop(negotiation_id, None)
+
     async def run(self) -> None:
         """Poll for due messages until cancelled."""
 
         async def step() -> None:
+            self._forget_stale_claims()
             for negotiation_id in await run_in_threadpool(self._due):
                 await self.deliver(negotiation_id)
 

@@ -272,6 +272,18 @@ def test_a_200_or_201_or_204_is_a_delivery(make_connector: MakeConnector) -> Non
 # ---------------------------------------------------------------- leases: two replicas, one database
 
 
+def _requested(hit: Hit) -> tuple[int, Any]:
+    """A provider's answer to an initial request: 201 with the negotiation REQUESTED."""
+    consumer_pid = hit.body["consumerPid"]
+    state = dsp(
+        "ContractNegotiation",
+        providerPid="urn:uuid:p-" + consumer_pid[-12:],
+        consumerPid=consumer_pid,
+        state="REQUESTED",
+    )
+    return 201, state
+
+
 def test_two_workers_on_one_database_never_deliver_a_message_twice(
     make_connector: MakeConnector, pg_database_factory: Callable[[], str]
 ) -> None:
@@ -285,13 +297,7 @@ def test_two_workers_on_one_database_never_deliver_a_message_twice(
         with lock:
             seen[hit.body["consumerPid"]] += 1
         time.sleep(0.02)  # a counter-party that takes a moment widens any window
-        state = dsp(
-            "ContractNegotiation",
-            providerPid="urn:uuid:p-" + hit.body["consumerPid"][-12:],
-            consumerPid=hit.body["consumerPid"],
-            state="REQUESTED",
-        )
-        return 201, state
+        return _requested(hit)
 
     with fake_peer(respond) as fake:
         trust_address(transit, city, fake.dsp_url)
@@ -345,3 +351,85 @@ def test_two_workers_on_one_database_never_deliver_a_message_twice(
     assert all(r["pending_message"] is None and r["lease_owner"] is None for r in rows)
     assert len(seen) == count
     assert set(seen.values()) == {1}, Counter(seen.values())
+
+
+def test_a_claimed_message_is_sent_by_its_kick_or_else_by_its_own_poll_and_never_by_another_replica(
+    make_connector: MakeConnector,
+) -> None:
+    """A handler takes the lease in its own commit (``claim_on_commit``) so that its kick sends at once.
+
+    A claim whose kick never comes (the client went away before its answer) holds the lease like a
+    delivery in flight: another replica's poll leaves it alone, and the claiming worker's own poll
+    sends it once it is due. A claim whose commit was rolled back claims nothing.
+    """
+    transit, city = make_connector("transit"), make_connector("city")
+    hits: list[str] = []
+
+    def respond(hit: Hit) -> tuple[int, Any]:
+        hits.append(hit.body["consumerPid"])
+        return _requested(hit)
+
+    with fake_peer(respond) as fake:
+        trust_address(transit, city, fake.dsp_url)
+        replica = ServiceCore.create(transit.settings)
+        claimer = NegotiationWorker(transit.core, owner="claimer")
+        other = NegotiationWorker(replica, owner="other-replica")
+
+        def start(*, rolled_back: bool = False) -> NegotiationRow:
+            with Session(transit.core.engine, expire_on_commit=False) as session:
+                claimer.claim_on_commit(session)
+                offer = {**_offer(city), "target": "stops"}
+                row = consumer_start(
+                    session, transit.core, city.did, fake.dsp_url, offer, "automatic", commit=False
+                )
+                if rolled_back:
+                    session.rollback()
+                else:
+                    session.commit()
+                return row
+
+        def stored(row: NegotiationRow) -> dict[str, Any]:
+            return next(r for r in all_negotiations(transit.core.engine) if r["id"] == row.id)
+
+        sent: list[str] = []
+
+        async def scenario() -> None:
+            kicked, forgotten = start(), start()
+            sent.extend([kicked.consumer_pid or "", forgotten.consumer_pid or ""])
+            start(rolled_back=True)
+            assert stored(kicked)["lease_owner"] == stored(forgotten)["lease_owner"] == "claimer"
+            assert set(claimer._claimed) == {kicked.id, forgotten.id}  # not the rolled-back one
+
+            await claimer.kick(kicked.id)
+            await asyncio.to_thread(
+                wait_until, lambda: stored(kicked)["state"] == "REQUESTED", 5, "the kick to send"
+            )
+            assert kicked.consumer_pid in hits
+            assert stored(kicked)["lease_owner"] is None  # released with the record of the delivery
+
+            # The other claim's kick never comes. Another replica polls past its due time: the lease
+            # is not its to take.
+            other_loop = asyncio.create_task(other.run())
+            await asyncio.sleep(2.0)
+            assert forgotten.consumer_pid not in hits
+            assert stored(forgotten)["lease_owner"] == "claimer"
+            # The claiming worker's own poll takes it over, once, and sends it.
+            own_loop = asyncio.create_task(claimer.run())
+            await asyncio.to_thread(
+                wait_until, lambda: stored(forgotten)["state"] == "REQUESTED", 5, "the claimer's poll to send"
+            )
+            await asyncio.sleep(0.6)  # both loops poll again: nothing is sent twice
+            for loop in (other_loop, own_loop):
+                loop.cancel()
+            await asyncio.gather(other_loop, own_loop, return_exceptions=True)
+            await replica.peer_client.aclose()
+            await transit.core.peer_client.aclose()
+
+        try:
+            asyncio.run(scenario())
+        finally:
+            replica.engine.dispose()
+    assert sorted(hits) == sorted(sent)  # each sent once
+    rows = all_negotiations(transit.core.engine)
+    assert len(rows) == 2  # the rolled-back one was never stored
+    assert all(r["pending_message"] is None and r["lease_owner"] is None for r in rows)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
@@ -25,6 +25,7 @@ from catalog.assets import now_millis
 from connector.dsp import negotiation_messages as wire
 from connector.dsp.errors import DspError
 from connector.dsp.messages import DspMessageError, normalise
+from connector.negotiation_worker import NegotiationWorker
 from connector.negotiations import (
     INITIAL,
     NegotiationError,
@@ -153,13 +154,26 @@ class _PeerInTransaction:
         self._session.commit()
 
 
-def _kick(request: Request, row: NegotiationRow) -> BackgroundTask | None:
-    """After the answer is sent, deliver the message this step queued (if any)."""
-    finalized = getattr(request.app.state, "on_negotiation_finalized", None)
-    if (
-        row.state == State.FINALIZED.value and finalized is not None
-    ):  # hook: EDR negotiations go on to transfer
-        return BackgroundTask(finalized, row.id)
+class FinalizedHook(Protocol):
+    """What runs when a negotiation becomes FINALIZED here (``app.state.on_negotiation_finalized``)."""
+
+    def wants(self, session: Session, negotiation_id: str) -> bool:
+        """Asked in the transaction that finalized it: does this negotiation concern the hook?"""
+
+    async def kick(self, negotiation_id: str) -> None: ...
+
+
+def _finalized_hook(request: Request) -> FinalizedHook | None:
+    hook: FinalizedHook | None = getattr(request.app.state, "on_negotiation_finalized", None)
+    return hook
+
+
+def _kick(request: Request, row: NegotiationRow, *, hooked: bool = False) -> BackgroundTask | None:
+    """After the answer is sent, deliver the message this step queued (if any), or run the finalized
+    hook (``hooked``: the hook wants this negotiation)."""
+    hook = _finalized_hook(request)
+    if row.state == State.FINALIZED.value and hooked and hook is not None:
+        return BackgroundTask(hook.kick, row.id)  # EDR negotiations go on to their transfer
     if row.pending_message is None:
         return None
     worker = request.app.state.negotiation_worker
@@ -181,10 +195,14 @@ def negotiation_router() -> APIRouter:
             body = await _body(request)
             core = service_core(request)
 
-            def apply() -> NegotiationRow:
+            hook = _finalized_hook(request)
+            worker: NegotiationWorker = request.app.state.negotiation_worker
+
+            def apply() -> tuple[NegotiationRow, bool]:
                 # expire_on_commit=False: the answer reads only what this request wrote.
                 with Session(core.engine, expire_on_commit=False) as session:
                     auth = _PeerInTransaction(request, session)
+                    worker.claim_on_commit(session)  # the kick after the answer sends at once
                     message: dict[str, Any] = body if isinstance(body, dict) else {}
                     try:
                         kind, message = _validated(body, kinds)
@@ -211,7 +229,8 @@ def negotiation_router() -> APIRouter:
                             )
                         receive(session, core, row, kind, message)
                         auth.finished()
-                        return row
+                        finalized = row.state == State.FINALIZED.value
+                        return row, finalized and hook is not None and hook.wants(session, row.id)
                     except NegotiationError as exc:
                         auth.refused()
                         raise _error(
@@ -221,8 +240,8 @@ def negotiation_router() -> APIRouter:
                         auth.refused()
                         raise
 
-            row = await run_in_threadpool(apply)
-            return Response(status_code=200, background=_kick(request, row))
+            row, hooked = await run_in_threadpool(apply)
+            return Response(status_code=200, background=_kick(request, row, hooked=hooked))
 
         return endpoint
 
@@ -230,10 +249,12 @@ def negotiation_router() -> APIRouter:
     async def initial_request(request: Request) -> JSONResponse:
         body = await _body(request)
         core = service_core(request)
+        worker: NegotiationWorker = request.app.state.negotiation_worker
 
         def apply() -> tuple[NegotiationRow, bool]:
             with Session(core.engine, expire_on_commit=False) as session:  # the answer reads what was written
                 auth = _PeerInTransaction(request, session)
+                worker.claim_on_commit(session)  # the kick after the answer sends at once
                 message: dict[str, Any] = body if isinstance(body, dict) else {}
                 try:
                     _, message = _validated(body, (Message.REQUEST,))

@@ -10,7 +10,9 @@ from connector.management.errors import ManagementApiError
 from runtime.dependencies import service_core
 
 
-def require_api_key(request: Request) -> None:
+async def require_api_key(request: Request) -> None:
+    # async: no I/O here, and FastAPI runs a plain ``def`` dependency in a worker thread (a hand-off
+    # per Management API request for a string comparison).
     supplied = request.headers.getlist("x-api-key")
     if not supplied:
         raise ManagementApiError(401, "AuthenticationFailed", "x-api-key not found")

@@ -23,6 +23,7 @@ from catalog.vocabulary import DSP_PROTOCOL, ODRL_NS
 from connector.management.auth import require_api_key
 from connector.management.common import expanded_body, id_response, query_spec_body
 from connector.management.errors import ManagementApiError
+from connector.negotiation_worker import NegotiationWorker
 from connector.negotiations import (
     NegotiationError,
     Pending,
@@ -171,13 +172,14 @@ def negotiations_router() -> APIRouter:
             )
         core = service_core(request)
         session.expire_on_commit = False  # the answer reads only what this request wrote
+        worker: NegotiationWorker = request.app.state.negotiation_worker
+        worker.claim_on_commit(session)  # the kick after the answer sends the request at once
         try:
             row = await run_in_threadpool(
                 consumer_start, session, core, counter_party, address, offer, str(approval)
             )
         except NegotiationError as exc:
             raise _refused(exc) from None
-        worker = request.app.state.negotiation_worker
         response = id_response(row.id, row.created_at)
         response.background = BackgroundTask(worker.kick, row.id)
         return response
