@@ -31,7 +31,6 @@ from contracts.agreed_terms import RULE_KEYS, terms_key
 from contracts.agreements import (
     AgreementRecord,
     agreement_for_negotiation,
-    get_agreement,
     set_consumer_signature,
     store_agreement,
 )
@@ -382,22 +381,22 @@ def delivered(
         # Saved with the row's move to AGREED, in the caller's commit (a retry after a stop between
         # two commits would find the agreement stored; with one, either both are there or neither).
         agreement = pending.agreement
-        if get_agreement(session, agreement["@id"]) is None:
-            store_agreement(
-                session,
-                AgreementRecord(
-                    id=agreement["@id"],
-                    negotiation_id=row.id,
-                    provider_did=agreement["assigner"],
-                    consumer_did=agreement["assignee"],
-                    asset_id=agreement["target"],
-                    agreement=agreement,
-                    signed_at=now_millis(),
-                    provider_signature=pending.body.get(wire.SIGNATURE_MEMBER),
-                    consumer_signature=None,
-                ),
-                commit=False,
-            )
+        store_agreement(
+            session,
+            AgreementRecord(
+                id=agreement["@id"],
+                negotiation_id=row.id,
+                provider_did=agreement["assigner"],
+                consumer_did=agreement["assignee"],
+                asset_id=agreement["target"],
+                agreement=agreement,
+                signed_at=now_millis(),
+                provider_signature=pending.body.get(wire.SIGNATURE_MEMBER),
+                consumer_signature=None,
+            ),
+            commit=False,
+            if_absent=True,  # stored already by a try whose answer was lost
+        )
         row.agreement_id = agreement["@id"]
     if pending.message in (Message.OFFER, Message.REQUEST) and isinstance(pending.body.get("offer"), dict):
         row.offer = json.dumps(pending.body["offer"])  # the current offer: the one both sides now have
@@ -436,7 +435,10 @@ def _log_conclusion(
 ) -> None:
     """Record in the transfer log, in this transaction, a negotiation that has just ended."""
     if row.state == State.FINALIZED.value:
-        record = agreement_for_negotiation(session, row.id)
+        # No autoflush: the row's own change is saved by the caller's commit; flushing it here
+        # first would cost a second UPDATE of it. (What this reads is the agreement, stored earlier.)
+        with session.no_autoflush:
+            record = agreement_for_negotiation(session, row.id)
         if record is not None:
             translog.agreement_finalized(session, record, row.role)
     elif row.state == State.TERMINATED.value:
@@ -654,9 +656,16 @@ def _termination(row: NegotiationRow, code: str, reason: str) -> Pending:
 
 
 def receive(
-    session: Session, core: ServiceCore, row: NegotiationRow, kind: Message, message: dict[str, Any]
+    session: Session,
+    core: ServiceCore,
+    row: NegotiationRow,
+    kind: Message,
+    message: dict[str, Any],
+    *,
+    their_key: dict[str, str] | None = None,
 ) -> None:
-    """A message from the counter-party for an existing negotiation (both roles)."""
+    """A message from the counter-party for an existing negotiation (both roles). ``their_key``: the
+    counter-party's pinned public key, when the caller has just read it (authenticating the message)."""
     # The state machine first: a message the counter-party may not send now (or at all, in its
     # role) is refused as such before any role's own checks look at it. So is a repeat of the
     # message that brought us here (DSP: not allowed in this state; the TCK's CN:03-04): its
@@ -679,9 +688,9 @@ def receive(
             session, row, "counter-party", row.error_detail, code if isinstance(code, str) else None
         )
     elif kind is Message.AGREEMENT:
-        _consumer_receive_agreement(session, core, row, message)
+        _consumer_receive_agreement(session, core, row, message, their_key)
     elif kind is Message.VERIFICATION:
-        _provider_receive_verification(session, row, message)
+        _provider_receive_verification(session, row, message, their_key)
     elif kind is Message.REQUEST:  # a counter-request from the consumer
         context = _request_context(session, row.counter_party_did)
         resolved = resolve_offer(session, core, row.counter_party_did, message["offer"], context)
@@ -727,23 +736,37 @@ def _event(row: NegotiationRow, event: Message) -> Pending:
     return Pending(event, url, wire.event_message(event, row.provider_pid or "", row.consumer_pid or ""))
 
 
-def _provider_receive_verification(session: Session, row: NegotiationRow, message: dict[str, Any]) -> None:
+def _check_their_signature(
+    session: Session,
+    row: NegotiationRow,
+    agreement: dict[str, Any],
+    signature: str,
+    their_key: dict[str, str] | None,
+) -> None:
+    """The counter-party's signature over ``agreement`` verifies with its pinned key (``their_key``
+    when the caller has it from authenticating the message; else read here)."""
+    if their_key is None:
+        member = get_member(session, row.counter_party_did)
+        if member is None:
+            raise NegotiationError(401, "you are no longer a member", row)
+        their_key = member.public_jwk
+    try:
+        verify_agreement_signature(agreement, signature, their_key, expected_kid_did=row.counter_party_did)
+    except SignatureError as exc:
+        raise NegotiationError(
+            400, f"your signature over the agreement does not verify: {exc}", row
+        ) from None
+
+
+def _provider_receive_verification(
+    session: Session, row: NegotiationRow, message: dict[str, Any], their_key: dict[str, str] | None
+) -> None:
     signature = message.get(wire.SIGNATURE_MEMBER)
     record = agreement_for_negotiation(session, row.id)
     if record is None:
         raise NegotiationError(409, "there is no agreement to verify", row)
     if isinstance(signature, str):
-        member = get_member(session, row.counter_party_did)
-        if member is None:
-            raise NegotiationError(401, "you are no longer a member", row)
-        try:
-            verify_agreement_signature(
-                record.agreement, signature, member.public_jwk, expected_kid_did=row.counter_party_did
-            )
-        except SignatureError as exc:
-            raise NegotiationError(
-                400, f"your signature over the agreement does not verify: {exc}", row
-            ) from None
+        _check_their_signature(session, row, record.agreement, signature, their_key)
     _receive(row, Message.VERIFICATION)
     if isinstance(signature, str):
         try:  # in this transaction: VERIFIED, the signature and the FINALIZED queued are saved together
@@ -802,7 +825,11 @@ def consumer_start(
 
 
 def _consumer_receive_agreement(
-    session: Session, core: ServiceCore, row: NegotiationRow, message: dict[str, Any]
+    session: Session,
+    core: ServiceCore,
+    row: NegotiationRow,
+    message: dict[str, Any],
+    their_key: dict[str, str] | None,
 ) -> None:
     agreement = message["agreement"]
     signature = message.get(wire.SIGNATURE_MEMBER)
@@ -813,17 +840,7 @@ def _consumer_receive_agreement(
             400, f"the agreement is for {agreement.get('target')}, not {row.asset_id}", row
         )
     if isinstance(signature, str):
-        member = get_member(session, row.counter_party_did)
-        if member is None:
-            raise NegotiationError(401, "you are no longer a member", row)
-        try:
-            verify_agreement_signature(
-                agreement, signature, member.public_jwk, expected_kid_did=row.counter_party_did
-            )
-        except SignatureError as exc:
-            raise NegotiationError(
-                400, f"your signature over the agreement does not verify: {exc}", row
-            ) from None
+        _check_their_signature(session, row, agreement, signature, their_key)
     _receive(row, Message.AGREEMENT)
     # Our counter-signature commits us to the terms: it is made only when we verify, now (an
     # automatic consumer given the terms it asked for) or when an operator does (``verify``).

@@ -76,8 +76,11 @@ def _record(row: AgreementRow) -> AgreementRecord:
     )
 
 
-def store_agreement(session: Session, record: AgreementRecord, *, commit: bool = True) -> AgreementRecord:
-    """Insert ``record``; ConflictError when an agreement with its id exists already.
+def store_agreement(
+    session: Session, record: AgreementRecord, *, commit: bool = True, if_absent: bool = False
+) -> AgreementRecord:
+    """Insert ``record``; ConflictError when an agreement with its id exists already (``if_absent``:
+    then nothing happens, unless another replica stores it at the same moment).
 
     With ``commit=False`` it joins the caller's transaction (flushed, committed by the caller), so
     that the agreement and what the caller records with it are saved together or not at all.
@@ -88,6 +91,8 @@ def store_agreement(session: Session, record: AgreementRecord, *, commit: bool =
             f"the agreement's @id is {agreement_id!r}, but it is stored as {record.id!r}", "@id", agreement_id
         )
     if session.get(AgreementRow, record.id) is not None:
+        if if_absent:
+            return record
         raise ConflictError(f"ContractAgreement with ID {record.id} already exists")
     session.add(
         AgreementRow(

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import Request
@@ -36,6 +36,9 @@ class Peer:
     did: str
     dsp_url: str
     memberships: frozenset[str] = frozenset()
+    # The pinned key the token verified with, for a handler that checks more of the peer's
+    # signatures in the same request (an agreement's); not part of the peer's identity.
+    public_jwk: dict[str, str] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -109,6 +112,7 @@ class PeerAuthenticator:
             found["dsp_url"] = row.dsp_url
             found["memberships"] = row.memberships
             jwk: dict[str, str] = json.loads(row.public_jwk)
+            found["public_jwk"] = jwk
             return jwk
 
         verified = verify_token(token.strip(), self._audience, key_of, clock_skew=self._clock_skew)
@@ -116,6 +120,7 @@ class PeerAuthenticator:
             did=verified.issuer,
             dsp_url=found["dsp_url"],
             memberships=frozenset(json.loads(found["memberships"])),
+            public_jwk=found["public_jwk"],
         )
         return Verified(peer, verified)
 

@@ -227,7 +227,7 @@ def negotiation_router() -> APIRouter:
                                 "the message's providerPid and consumerPid do not match this negotiation",
                                 row,
                             )
-                        receive(session, core, row, kind, message)
+                        receive(session, core, row, kind, message, their_key=auth.peer.public_jwk)
                         auth.finished()
                         finalized = row.state == State.FINALIZED.value
                         return row, finalized and hook is not None and hook.wants(session, row.id)
