@@ -44,11 +44,14 @@ from contracts.negotiation import Message, Role, State, transition
 from identity.errors import TokenRejected
 from identity.peer_auth import Peer, PeerAuthenticator, PeerAuthError, Verified, authenticated_peer
 from runtime.dependencies import db_session, service_core
+from runtime.logging import get_logger
 from runtime.requests import BodyError, read_json
 from runtime.settings import DSP_PATH
 
 MAX_MESSAGE_BYTES = 256 * 1024
 ERROR_TYPE = "ContractNegotiationError"
+
+log = get_logger("tessera.negotiation")
 
 
 def _error(
@@ -150,6 +153,7 @@ class _PeerInTransaction:
         """The message is refused: roll back what it did, keep the token used up."""
         self._at_commit = False
         self._session.rollback()
+        self._session.expunge_all()  # this commit saves the token alone: no row rides along with it
         self._record()
         self._session.commit()
 
@@ -166,6 +170,18 @@ class FinalizedHook(Protocol):
 def _finalized_hook(request: Request) -> FinalizedHook | None:
     hook: FinalizedHook | None = getattr(request.app.state, "on_negotiation_finalized", None)
     return hook
+
+
+def _wanted_by(hook: FinalizedHook | None, session: Session, row: NegotiationRow) -> bool:
+    """Does the finalized hook want this negotiation? Asked after the commit: a failure here must not
+    turn an applied message into an error answer (the hook's own poll finds what it missed)."""
+    if hook is None or row.state != State.FINALIZED.value:
+        return False
+    try:
+        return hook.wants(session, row.id)
+    except Exception:
+        log.exception("the finalized hook could not be asked", negotiation=row.id)
+        return False
 
 
 def _kick(request: Request, row: NegotiationRow, *, hooked: bool = False) -> BackgroundTask | None:
@@ -229,8 +245,7 @@ def negotiation_router() -> APIRouter:
                             )
                         receive(session, core, row, kind, message, their_key=auth.peer.public_jwk)
                         auth.finished()
-                        finalized = row.state == State.FINALIZED.value
-                        return row, finalized and hook is not None and hook.wants(session, row.id)
+                        return row, _wanted_by(hook, session, row)
                     except NegotiationError as exc:
                         auth.refused()
                         raise _error(
