@@ -5,7 +5,7 @@ membership, signature, claims) before it records the token id, so a rejected
 request changes nothing. ``authenticated_peer`` is the FastAPI dependency.
 ``check`` and ``record`` are the two halves, for a handler that records the
 token id in the transaction that applies the request (one thread hand-off
-and one commit instead of two).
+and one commit instead of two); ``PeerInTransaction`` puts them together.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import Request
-from sqlalchemy import Connection, Engine, bindparam, select
+from sqlalchemy import Connection, Engine, bindparam, event, select
+from sqlmodel import Session
 
 from identity.errors import TokenRejected
 from identity.replay import ReplayGuard
@@ -143,3 +144,64 @@ def authenticated_peer(request: Request) -> Peer:
         raise PeerAuthError(exc.reason, str(exc)) from None
     request.state.peer = peer
     return peer
+
+
+class PeerInTransaction:
+    """Peer authentication whose token record joins the transaction that applies the request.
+
+    For a handler that authenticates, applies and records the token in one worker-thread hand-off
+    and one commit (the dependency ``authenticated_peer`` takes a hand-off and a commit of its
+    own): the DSP negotiation messages. Same checks, same order of answers: a bad token is a 401
+    before anything else; a replayed one is a 401 even when the message would be refused; a
+    refused message still uses up its token, recorded on its own after the rollback.
+    """
+
+    def __init__(self, request: Request, session: Session) -> None:
+        self._authenticator: PeerAuthenticator = request.app.state.peer_authenticator
+        self._session = session
+        try:
+            self._verified: Verified = self._authenticator.check(
+                session.connection(), request.headers.get("authorization")
+            )
+        except TokenRejected as exc:
+            raise PeerAuthError(exc.reason, str(exc)) from None
+        self._at_commit = False
+        request.state.peer = self.peer  # the request log names the peer
+
+    @property
+    def peer(self) -> Peer:
+        return self._verified.peer
+
+    def record_at_commit(self) -> None:
+        """Record the token in the commit that applies the message, first thing in it. Not earlier:
+        on SQLite a write takes the writer's lock until the commit, which nothing may hold while the
+        handler waits (``runtime.outbox.settle``), nor longer than the commit's own writes need."""
+        self._at_commit = True
+        event.listen(self._session, "before_commit", self._before_commit)
+
+    def _before_commit(self, _session: Session) -> None:
+        if self._at_commit:
+            self._at_commit = False
+            self._record()
+
+    def _record(self) -> None:
+        try:
+            self._authenticator.record(self._session.connection(), self._verified)
+        except TokenRejected as exc:
+            raise PeerAuthError(exc.reason, str(exc)) from None
+
+    def finished(self) -> None:
+        """The message is applied: if nothing was committed (an initial request sent again, answered
+        as the first time), record the token now."""
+        if self._at_commit:
+            self._at_commit = False
+            self._record()
+            self._session.commit()
+
+    def refused(self) -> None:
+        """The message is refused: roll back what it did, keep the token used up."""
+        self._at_commit = False
+        self._session.rollback()
+        self._session.expunge_all()  # this commit saves the token alone: no row rides along with it
+        self._record()
+        self._session.commit()

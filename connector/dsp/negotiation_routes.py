@@ -17,7 +17,6 @@ from typing import Any, Protocol
 from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
-from sqlalchemy import event
 from sqlmodel import Session
 from starlette.background import BackgroundTask
 
@@ -41,8 +40,7 @@ from connector.negotiations import (
 )
 from contracts.models import NegotiationRow
 from contracts.negotiation import Message, Role, State, transition
-from identity.errors import TokenRejected
-from identity.peer_auth import Peer, PeerAuthenticator, PeerAuthError, Verified, authenticated_peer
+from identity.peer_auth import Peer, PeerInTransaction, authenticated_peer
 from runtime.dependencies import db_session, service_core
 from runtime.logging import get_logger
 from runtime.requests import BodyError, read_json
@@ -95,67 +93,6 @@ def _validated(body: Any, kinds: tuple[Message, ...]) -> tuple[Message, dict[str
 
 async def _message(request: Request, kinds: tuple[Message, ...]) -> tuple[Message, dict[str, Any]]:
     return _validated(await _body(request), kinds)
-
-
-class _PeerInTransaction:
-    """Peer authentication whose token record joins the transaction that applies the message.
-
-    The DSP negotiation messages that drive a negotiation authenticate, apply and record the token
-    in one worker-thread hand-off and one commit (the dependency ``authenticated_peer`` takes a
-    hand-off and a commit of its own). Same checks, same order of answers: a bad token is a 401
-    before anything else; a replayed one is a 401 even when the message would be refused; a
-    refused message still uses up its token, recorded on its own after the rollback.
-    """
-
-    def __init__(self, request: Request, session: Session) -> None:
-        self._authenticator: PeerAuthenticator = request.app.state.peer_authenticator
-        self._session = session
-        try:
-            self._verified: Verified = self._authenticator.check(
-                session.connection(), request.headers.get("authorization")
-            )
-        except TokenRejected as exc:
-            raise PeerAuthError(exc.reason, str(exc)) from None
-        self._at_commit = False
-        request.state.peer = self.peer  # the request log names the peer
-
-    @property
-    def peer(self) -> Peer:
-        return self._verified.peer
-
-    def record_at_commit(self) -> None:
-        """Record the token in the commit that applies the message, first thing in it. Not earlier:
-        on SQLite a write takes the writer's lock until the commit, which nothing may hold while
-        ``settle`` waits, nor longer than the commit's own writes need."""
-        self._at_commit = True
-        event.listen(self._session, "before_commit", self._before_commit)
-
-    def _before_commit(self, _session: Session) -> None:
-        if self._at_commit:
-            self._at_commit = False
-            self._record()
-
-    def _record(self) -> None:
-        try:
-            self._authenticator.record(self._session.connection(), self._verified)
-        except TokenRejected as exc:
-            raise PeerAuthError(exc.reason, str(exc)) from None
-
-    def finished(self) -> None:
-        """The message is applied: if nothing was committed (an initial request sent again, answered
-        as the first time), record the token now."""
-        if self._at_commit:
-            self._at_commit = False
-            self._record()
-            self._session.commit()
-
-    def refused(self) -> None:
-        """The message is refused: roll back what it did, keep the token used up."""
-        self._at_commit = False
-        self._session.rollback()
-        self._session.expunge_all()  # this commit saves the token alone: no row rides along with it
-        self._record()
-        self._session.commit()
 
 
 class FinalizedHook(Protocol):
@@ -217,7 +154,7 @@ def negotiation_router() -> APIRouter:
             def apply() -> tuple[NegotiationRow, bool]:
                 # expire_on_commit=False: the answer reads only what this request wrote.
                 with Session(core.engine, expire_on_commit=False) as session:
-                    auth = _PeerInTransaction(request, session)
+                    auth = PeerInTransaction(request, session)
                     worker.claim_on_commit(session)  # the kick after the answer sends at once
                     message: dict[str, Any] = body if isinstance(body, dict) else {}
                     try:
@@ -268,7 +205,7 @@ def negotiation_router() -> APIRouter:
 
         def apply() -> tuple[NegotiationRow, bool]:
             with Session(core.engine, expire_on_commit=False) as session:  # the answer reads what was written
-                auth = _PeerInTransaction(request, session)
+                auth = PeerInTransaction(request, session)
                 worker.claim_on_commit(session)  # the kick after the answer sends at once
                 message: dict[str, Any] = body if isinstance(body, dict) else {}
                 try:
