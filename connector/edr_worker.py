@@ -2,10 +2,11 @@
 
 The DSP route that records a FINALIZED event kicks this worker (through
 ``app.state.on_negotiation_finalized``) when ``wants`` says the negotiation is
-an EDR negotiation (asked in the route's own transaction), so the transfer
-request leaves at once; a poll every half second catches the rest (a kick lost in a restart, a
-negotiation that ended TERMINATED, another replica's negotiations). The
-state lives in ``edr_negotiation`` rows, so a restart loses nothing.
+an EDR negotiation (asked in the route's own session, no hand-off of its own),
+so the transfer request leaves at once; a poll every half second catches the
+rest (a kick lost in a restart, a negotiation that ended TERMINATED, another
+replica's negotiations). The state lives in ``edr_negotiation`` rows, so a
+restart loses nothing.
 """
 
 from __future__ import annotations
@@ -35,8 +36,8 @@ class EdrWorker:
 
     @staticmethod
     def wants(session: Session, negotiation_id: str) -> bool:
-        """Should a negotiation that has just become FINALIZED be kicked here? (In the caller's
-        session: no hand-off of its own, and none at all for the negotiations that are not EDR ones.)"""
+        """Should a negotiation that has just become FINALIZED be kicked here? Asked in the caller's
+        session, so that negotiations that are not EDR ones cost no hand-off at all."""
         return awaits_transfer(session, negotiation_id)
 
     async def kick(self, negotiation_id: str) -> None:

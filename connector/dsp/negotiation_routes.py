@@ -99,7 +99,8 @@ class FinalizedHook(Protocol):
     """What runs when a negotiation becomes FINALIZED here (``app.state.on_negotiation_finalized``)."""
 
     def wants(self, session: Session, negotiation_id: str) -> bool:
-        """Asked in the transaction that finalized it: does this negotiation concern the hook?"""
+        """Asked in the session that finalized it, just after its commit: does this negotiation
+        concern the hook?"""
 
     async def kick(self, negotiation_id: str) -> None: ...
 
