@@ -6,10 +6,13 @@ import asyncio
 import contextlib
 import gzip
 import json
+import socket
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -25,7 +28,28 @@ class _Peer(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         length = int(self.headers.get("content-length") or 0)
         self.rfile.read(length)
-        if self.path == "/small":
+        if self.path.endswith("/echo"):  # what arrived: the path as asked (a proxy sees the whole URL)
+            seen = {
+                "path": self.path,
+                "cookie": self.headers.get("cookie"),
+                "type": self.headers.get("content-type"),
+            }
+            self._send(json.dumps(seen).encode(), {"content-type": "application/json"})
+        elif self.path == "/cookie":
+            self._send(b"{}", {"content-type": "application/json", "set-cookie": "session=peer-set; Path=/"})
+        elif self.path == "/redirect":
+            self._send(b"", {"location": "/small"}, status=302)
+        elif self.path == "/slow":
+            time.sleep(2)
+            self._send(b"{}", {"content-type": "application/json"})
+        elif self.path == "/hang-up":
+            self.send_response(200)
+            self.send_header("content-length", "1000")
+            self.end_headers()
+            self.wfile.write(b"{")
+            self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_RDWR)
+        elif self.path == "/small":
             body = json.dumps({"ok": True, "auth": self.headers.get("authorization", "")[:7]}).encode()
             self._send(body, {"content-type": "application/json"})
         elif self.path == "/big":
@@ -45,8 +69,8 @@ class _Peer(BaseHTTPRequestHandler):
         else:
             self._send(gzip.compress(b"\0" * (16 * 1024 * 1024)), {"content-encoding": "gzip"})
 
-    def _send(self, body: bytes, headers: dict[str, str]) -> None:
-        self.send_response(200)
+    def _send(self, body: bytes, headers: dict[str, str], status: int = 200) -> None:
+        self.send_response(status)
         for name, value in headers.items():
             self.send_header(name, value)
         self.send_header("content-length", str(len(body)))
@@ -69,9 +93,9 @@ def peer_url() -> Iterator[str]:
         server.server_close()
 
 
-def _ask(url: str, max_bytes: int = LIMIT) -> object:
+def _ask(url: str, max_bytes: int = LIMIT, timeout: float = 10.0) -> object:
     async def run() -> object:
-        client = PeerClient("did:web:us.example", Ed25519PrivateKey.generate())
+        client = PeerClient("did:web:us.example", Ed25519PrivateKey.generate(), timeout=timeout)
         try:
             response = await client.request("did:web:them.example", "POST", url, json={}, max_bytes=max_bytes)
             return response.status_code, response.headers.get("content-type"), response.json()
@@ -95,3 +119,68 @@ def test_the_limit_counts_the_decoded_body(peer_url: str) -> None:
     """A compressed body is measured as it unpacks: a small download may not become a huge answer."""
     with pytest.raises(ResponseTooLarge):
         _ask(f"{peer_url}/bomb", max_bytes=1024 * 1024)
+
+
+def _answer(client: PeerClient, url: str, close: bool = True, **kwargs: object) -> httpx.Response:
+    async def run() -> httpx.Response:
+        try:
+            return await client.request("did:web:them.example", "POST", url, **kwargs)  # type: ignore[arg-type]
+        finally:
+            if close:
+                await client.aclose()
+
+    return asyncio.run(run())
+
+
+def test_a_redirect_is_handed_back_not_followed(peer_url: str) -> None:
+    """A peer may not send us elsewhere: the connector only calls the URLs it chose."""
+    response = _answer(PeerClient("did:web:us.example", Ed25519PrivateKey.generate()), f"{peer_url}/redirect")
+    assert (response.status_code, response.headers["location"]) == (302, "/small")
+
+
+def test_cookies_a_peer_sets_are_never_sent_back(peer_url: str) -> None:
+    client = PeerClient("did:web:us.example", Ed25519PrivateKey.generate())
+    assert "session=peer-set" in _answer(client, f"{peer_url}/cookie", close=False).headers["set-cookie"]
+    assert _answer(client, f"{peer_url}/echo", json={}).json()["cookie"] is None
+
+
+def test_a_form_body_goes_url_encoded(peer_url: str) -> None:
+    seen = _answer(
+        PeerClient("did:web:us.example", Ed25519PrivateKey.generate()), f"{peer_url}/echo", data={"a": "b c"}
+    ).json()
+    assert seen["type"] == "application/x-www-form-urlencoded"
+
+
+def test_one_client_serves_one_event_loop_after_another(peer_url: str) -> None:
+    """A CLI command or a test may run the same client under successive ``asyncio.run`` calls."""
+    client = PeerClient("did:web:us.example", Ed25519PrivateKey.generate())
+    for last in (False, False, True):
+        assert _answer(client, f"{peer_url}/small", close=last).json()["ok"] is True
+
+
+def test_failures_are_the_httpx_errors_callers_handle(peer_url: str) -> None:
+    """Whatever the HTTP library underneath, a failed exchange is an ``httpx.HTTPError`` of its kind."""
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    with pytest.raises(httpx.ConnectError):
+        _ask(f"http://127.0.0.1:{port}/small")
+    with pytest.raises(httpx.ReadTimeout):
+        _ask(f"{peer_url}/slow", timeout=0.3)
+    with pytest.raises(httpx.RemoteProtocolError):
+        _ask(f"{peer_url}/hang-up")
+    with pytest.raises(httpx.HTTPError):
+        _ask("ftp://127.0.0.1/small")
+
+
+def test_a_proxy_named_in_the_environment_carries_requests_except_where_no_proxy_says(
+    peer_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As with httpx before: ``HTTP_PROXY`` is honoured and ``NO_PROXY`` exempts hosts. The proxy
+    here is the test peer itself, which then sees the whole target URL as the request path."""
+    monkeypatch.setenv("HTTP_PROXY", peer_url)
+    monkeypatch.setenv("NO_PROXY", "exempt.invalid")
+    client = PeerClient("did:web:us.example", Ed25519PrivateKey.generate())
+    assert _answer(client, "http://peer.invalid/echo").json()["path"] == "http://peer.invalid/echo"
+    with pytest.raises(httpx.ConnectError):  # exempt: asked directly, and the name does not resolve
+        _answer(PeerClient("did:web:us.example", Ed25519PrivateKey.generate()), "http://exempt.invalid/echo")
