@@ -187,7 +187,9 @@ def serve(settings: ParticipantSettings, service: str, build_app: Callable[[Serv
         core.engine.dispose()
         raise
     app = build_app(core)
-    config = uvicorn.Config(app, log_config=None, access_log=False, proxy_headers=False, lifespan="on")
+    config = uvicorn.Config(
+        app, http="httptools", log_config=None, access_log=False, proxy_headers=False, lifespan="on"
+    )
     server = uvicorn.Server(config)
     log.info("serving", did=settings.did, url=settings.public_url, database=_kind_of(settings))
     try:
