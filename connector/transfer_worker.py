@@ -162,7 +162,7 @@ class TransferWorker:
             log.exception("transfer delivery failed", transfer=transfer_id)
         finally:
             await run_in_threadpool(self._release, transfer_id)
-            outbox.records.announce()  # a handler waiting for this outcome (``settle``) looks now
+            outbox.records.announce(transfer_id)  # a handler waiting for this outcome (``settle``) looks now
         if push and self.pusher is not None:
             self._spawn(self._push(transfer_id))
 
@@ -185,7 +185,7 @@ class TransferWorker:
         finally:
             renewing.cancel()
             await run_in_threadpool(self._release, transfer_id)
-            outbox.records.announce()
+            outbox.records.announce(transfer_id)
         await self.kick(transfer_id)  # the completion or termination the push queued
 
     def _load(self, transfer_id: str) -> tuple[str, str] | None:

@@ -57,9 +57,10 @@ def _row_in_flight(engine: Engine) -> str:
 
 
 def _record_delivery(
-    engine: Engine, negotiation_id: str, *, announce: bool, after: float
+    engine: Engine, negotiation_id: str, *, announce: bool, after: float, announced_as: str | None = None
 ) -> threading.Thread:
-    """In another thread, as the worker does: commit the outcome and release the lease, then announce it."""
+    """In another thread, as the worker does: commit the outcome and release the lease, then announce it
+    (as the record of ``announced_as``, when given, instead of the row's own)."""
 
     def record() -> None:
         time.sleep(after)
@@ -70,7 +71,7 @@ def _record_delivery(
             session.add(row)
             session.commit()
         if announce:
-            outbox.records.announce()
+            outbox.records.announce(announced_as or negotiation_id)
 
     thread = threading.Thread(target=record)
     thread.start()
@@ -99,6 +100,22 @@ def test_the_wait_ends_when_the_worker_announces_its_record(
     assert row.state == "ACCEPTED"
     assert row.pending_message is None
     assert waited < 10.0, f"woken by the announcement, not by the re-read after 20 s (waited {waited:.1f} s)"
+
+
+def test_the_record_of_another_row_does_not_wake_the_wait(
+    in_flight: tuple[Engine, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With several negotiations in flight, each record wakes only the handler waiting for its row: the
+    others keep waiting without re-reading theirs. Here the commit is announced under another row's
+    id, so the waiter learns of it only by re-reading, which it does next when its limit is up."""
+    engine, negotiation_id = in_flight
+    monkeypatch.setattr(outbox, "REREAD_SECONDS", 20.0)
+    monkeypatch.setattr(outbox, "IN_FLIGHT_WAIT_SECONDS", 0.8)
+    worker = _record_delivery(engine, negotiation_id, announce=True, after=0.1, announced_as="another-row")
+    row, waited = _settled(engine, negotiation_id)
+    worker.join()
+    assert waited >= 0.8, f"woken by another row's record after {waited:.2f} s"
+    assert row.state == "ACCEPTED", "re-read once more at the limit"
 
 
 def test_a_record_made_elsewhere_is_seen_by_re_reading(in_flight: tuple[Engine, str]) -> None:
