@@ -211,7 +211,8 @@ class NegotiationWorker:
         finally:
             if not recorded:
                 await run_in_threadpool(self._release, negotiation_id)
-            outbox.records.announce(negotiation_id)  # a handler waiting for this outcome (``settle``) looks now
+            # A handler waiting for this outcome (``settle``) looks now.
+            outbox.records.announce(negotiation_id)
 
     def _record(
         self,
