@@ -171,6 +171,22 @@ def _context_key(context: Any) -> str:
     return json.dumps(context, sort_keys=True, separators=(",", ":"), default=dict)
 
 
+# The key of a context object pyld hands over again and again: a scoped context inside a cached
+# vendored context (the ODRL terms under EDC's ``policy``) is the same object at every use, and its
+# sorted JSON (4.7 kB) was made three times per Management API expansion. Each entry holds its object,
+# so while it is cached no other object can have its id. Guarded by ``_SHARED_CONTEXTS_LOCK``.
+_KEYS_BY_OBJECT: LRUCache[int, tuple[Any, str]] = LRUCache(maxsize=256)
+
+
+def _remembered_context_key(context: Any) -> str:
+    entry = _KEYS_BY_OBJECT.get(id(context))
+    if entry is not None and entry[0] is context:
+        return entry[1]
+    key = _context_key(context)
+    _KEYS_BY_OBJECT[id(context)] = (context, key)
+    return key
+
+
 class _QuickKeyContextResolver(ContextResolver):  # type: ignore[misc]  # pyld is untyped
     """pyld's resolver, keying the contexts written inline in a document by their sorted JSON.
 
@@ -188,7 +204,7 @@ class _QuickKeyContextResolver(ContextResolver):  # type: ignore[misc]  # pyld i
             if not isinstance(item, Mapping):  # a URL, null, or an error pyld reports
                 resolved.extend(super().resolve(active_ctx, [item], base, cycles))
                 continue
-            key = _context_key(item)
+            key = _remembered_context_key(item)
             found = self._get(key) or self._cache_resolved_context(key, ResolvedContext(item), "static")
             resolved.append(found)
         return resolved
