@@ -9,16 +9,20 @@ the body read whole, and every failure an ``httpx.HTTPError`` of the matching ki
 Behaviour kept from the httpx client this replaces: redirects are not followed; proxies come from
 the environment (``HTTP_PROXY``, ``HTTPS_PROXY``, ``ALL_PROXY``, ``NO_PROXY``), read once per
 session rather than on every request; gzip and deflate answers are decoded, and a size limit
-applies to the decoded body. Cookies a peer sets are never kept or sent back.
+applies to the decoded body; TLS certificates are checked against certifi's CA bundle. Cookies a
+peer sets are never kept or sent back.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ssl
 import urllib.request
 from collections.abc import Mapping
+from functools import cache
 
 import aiohttp
+import certifi
 import httpx
 
 # What a peer's answer may weigh unless the caller says otherwise (a catalog page is the largest).
@@ -50,6 +54,12 @@ def check_read(length: int, max_bytes: int, request: httpx.Request) -> None:
         raise ResponseTooLarge(f"{request.url} sent more than {max_bytes} bytes", request=request)
 
 
+@cache
+def tls_context() -> ssl.SSLContext:
+    """Certificates are verified against certifi's CA bundle, as httpx did (not the system store)."""
+    return ssl.create_default_context(cafile=certifi.where())
+
+
 class PeerSessions:
     """One aiohttp session (and its keep-alive pool) for the event loop the requests run on.
 
@@ -72,6 +82,7 @@ class PeerSessions:
         await self.aclose()
         self._proxies = urllib.request.getproxies()
         self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(ssl=tls_context()),
             timeout=self._timeout,
             cookie_jar=aiohttp.DummyCookieJar(),
             trust_env=False,  # proxies are resolved once (above), not looked up per request

@@ -4,18 +4,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import gzip
+import ipaddress
 import json
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import httpx
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.x509.oid import NameOID
 
+from identity import peer_http
 from identity.peer_client import PeerClient, ResponseTooLarge
 
 LIMIT = 64 * 1024
@@ -184,3 +193,68 @@ def test_a_proxy_named_in_the_environment_carries_requests_except_where_no_proxy
     assert _answer(client, "http://peer.invalid/echo").json()["path"] == "http://peer.invalid/echo"
     with pytest.raises(httpx.ConnectError):  # exempt: asked directly, and the name does not resolve
         _answer(PeerClient("did:web:us.example", Ed25519PrivateKey.generate()), "http://exempt.invalid/echo")
+
+
+def _certificate(
+    subject: str, key: ec.EllipticCurvePrivateKey, issuer: tuple[str, ec.EllipticCurvePrivateKey] | None
+) -> x509.Certificate:
+    """A certificate for ``subject`` (a CA when ``issuer`` is None, else 127.0.0.1 signed by it)."""
+    now = datetime.datetime.now(datetime.UTC)
+    issuer_name, signing_key = issuer or (subject, key)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+        .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer_name)]))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+    )
+    if issuer is None:
+        builder = builder.add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+    else:
+        san = x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
+        builder = builder.add_extension(san, critical=False)
+    return builder.sign(signing_key, hashes.SHA256())
+
+
+@pytest.fixture
+def tls_peer(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """The test peer over HTTPS with a certificate from a CA of its own: (base URL, the CA's PEM file)."""
+    ca_key, server_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca = _certificate("Test peer CA", ca_key, None)
+    server = _certificate("127.0.0.1", server_key, ("Test peer CA", ca_key))
+    ca_file, cert_file, key_file = tmp_path / "ca.pem", tmp_path / "cert.pem", tmp_path / "key.pem"
+    ca_file.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    cert_file.write_bytes(server.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        server_key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert_file, key_file)
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Peer)
+    httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"https://127.0.0.1:{httpd.server_address[1]}", ca_file
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_a_peer_whose_certificate_is_not_trusted_is_refused(tls_peer: tuple[str, Path]) -> None:
+    url, _ = tls_peer
+    with pytest.raises(httpx.ConnectError, match="certificate"):
+        _ask(f"{url}/small")
+
+
+def test_a_peer_whose_certificate_is_trusted_is_reached_over_tls(
+    tls_peer: tuple[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url, ca_file = tls_peer
+    trusting = ssl.create_default_context(cafile=str(ca_file))
+    monkeypatch.setattr(peer_http, "tls_context", lambda: trusting)
+    assert _ask(f"{url}/small") == (200, "application/json", {"ok": True, "auth": "Bearer "})
