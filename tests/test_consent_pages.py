@@ -367,6 +367,9 @@ def test_keyboard_only(service: ConsentService, page: Page, tmp_path: Path, java
     # Focus carries on from the switch just used: with JavaScript it never left; without, the page
     # comes back at that switch, so the next Tab lands on it.
     if not javascript:
+        # The answer's fragment names the switch; the browser makes it the start of the next Tab only
+        # once it has scrolled there, which can be after the status text shows (seen once under load).
+        page.wait_for_load_state("load")
         page.keyboard.press("Tab")
     again = _focused(page)
     assert (again["name"], again["checked"]) == (PARKING_SWITCH, "true"), again
