@@ -79,16 +79,18 @@ class PeerSessions:
         session = self._session
         if session is not None and self._loop is loop and not session.closed:
             return session
-        await self.aclose()
+        previous, previous_loop = session, self._loop
         self._proxies = urllib.request.getproxies()
-        self._session = aiohttp.ClientSession(
+        # Replaced before the old one is closed: a request that comes while it closes finds the new one.
+        self._session = fresh = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(ssl=tls_context()),
             timeout=self._timeout,
             cookie_jar=aiohttp.DummyCookieJar(),
             trust_env=False,  # proxies are resolved once (above), not looked up per request
         )
         self._loop = loop
-        return self._session
+        await _close(previous, previous_loop)
+        return fresh
 
     def _proxy_for(self, url: httpx.URL) -> str | None:
         if not self._proxies:
@@ -104,8 +106,8 @@ class PeerSessions:
         self, request: httpx.Request, headers: Mapping[str, str], content: bytes, max_bytes: int
     ) -> httpx.Response:
         """Send ``request`` (its ``headers`` as given, its body ``content``); read the answer whole,
-        within ``max_bytes``. ``httpx.Request`` keeps names in lower case only; a peer's server
-        should not care, but some logs and test peers do, so the caller's spelling goes out."""
+        within ``max_bytes``. The headers come separately because an ``httpx.Request`` hands its
+        names back in lower case; a peer's server should not care, but logs and test peers do."""
         session = await self._current()
         try:
             async with session.request(
@@ -128,14 +130,18 @@ class PeerSessions:
         return httpx.Response(status, headers=kept, content=bytes(body), request=request)
 
     async def aclose(self) -> None:
-        """Close the session, on its own loop if that loop still runs (in another thread)."""
         session, loop, self._session, self._loop = self._session, self._loop, None, None
-        if session is None or session.closed:
-            return
-        if loop is not None and loop is not asyncio.get_running_loop() and loop.is_running():
-            loop.call_soon_threadsafe(_close_on_its_loop, session)
-        else:  # ours, or a finished loop's: its sockets are closed here and now
-            await session.close()
+        await _close(session, loop)
+
+
+async def _close(session: aiohttp.ClientSession | None, loop: asyncio.AbstractEventLoop | None) -> None:
+    """Close ``session``, on its own ``loop`` if that loop still runs (in another thread)."""
+    if session is None or session.closed:
+        return
+    if loop is not None and loop is not asyncio.get_running_loop() and loop.is_running():
+        loop.call_soon_threadsafe(_close_on_its_loop, session)
+    else:  # ours, or a finished loop's: its sockets are closed here and now
+        await session.close()
 
 
 _closing: set[asyncio.Task[None]] = set()  # sessions of a loop left behind, closing on it
