@@ -83,7 +83,7 @@ class PeerClient:
         if content_type is not None and not any(name.lower() == "content-type" for name in merged):
             merged["Content-Type"] = content_type
         request = httpx.Request(method, url, headers=merged, content=content)
-        return await self._sessions.exchange(request, merged, content, max_bytes)
+        return await self._sessions.exchange(request, merged, max_bytes)
 
     async def _through_transport(
         self,

@@ -103,17 +103,17 @@ class PeerSessions:
         return proxy
 
     async def exchange(
-        self, request: httpx.Request, headers: Mapping[str, str], content: bytes, max_bytes: int
+        self, request: httpx.Request, headers: Mapping[str, str], max_bytes: int
     ) -> httpx.Response:
-        """Send ``request`` (its ``headers`` as given, its body ``content``); read the answer whole,
-        within ``max_bytes``. The headers come separately because an ``httpx.Request`` hands its
-        names back in lower case; a peer's server should not care, but logs and test peers do."""
+        """Send ``request`` with ``headers`` as given; read the answer whole, within ``max_bytes``.
+        The headers come separately because an ``httpx.Request`` hands its names back in lower
+        case; a peer's server should not care, but logs and test peers do."""
         session = await self._current()
         try:
             async with session.request(
                 request.method,
                 str(request.url),
-                data=content or None,
+                data=request.content or None,
                 headers=headers,
                 allow_redirects=False,
                 proxy=self._proxy_for(request.url),
