@@ -7,11 +7,11 @@ the state machine move. A request handler that queues a message and kicks its
 delivery takes the lease in its own commit (``claim_on_commit``), so the
 delivery starts without a statement and a thread hand-off of its own; in one
 process a negotiation is delivered by one task at a time (``_delivering``).
-A failure is retried with exponential backoff; after
-``MAX_ATTEMPTS`` the negotiation is TERMINATED with the real reason. A
-refusal (4xx) from the counter-party is final at once, except a 409 whose
-counter-party state shows an earlier try arrived (its answer lost). Nothing
-lives only in memory: a restarted connector picks up where it stopped.
+A failure is retried with exponential backoff; after ``MAX_ATTEMPTS`` the
+negotiation is TERMINATED with the real reason. A refusal (4xx) from the
+counter-party is final at once, except a 409 whose counter-party state shows
+an earlier try arrived (its answer lost). Nothing lives only in memory: a
+restarted connector picks up where it stopped.
 """
 
 from __future__ import annotations
